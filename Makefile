@@ -1,0 +1,31 @@
+# keepflow developer tasks. `make demo` and `make test` work on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: demo test test-fast lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed  ## run the example workflow end to end on the embedded SQLite store
+	$(PY) examples/orders/demo.py
+
+test: $(VENV)/.installed  ## the whole test suite (SQLite and PostgreSQL)
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed  ## unit tests only
+	$(PY) -m pytest -q tests/unit
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .keepflow .pytest_cache .mypy_cache .ruff_cache

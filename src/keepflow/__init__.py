@@ -1,0 +1,3 @@
+"""keepflow: durable delegated automations."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,232 @@
+"""Connections from ``connections.toml``: ``ctx.<name>`` in scripts (SPEC §9).
+
+The file lives under ``$KEEPFLOW_HOME`` (the caller passes the path)::
+
+    [connections.shop]
+    type = "sql"
+    url_env = "SHOP_DB_URL"             # secrets come from the environment
+    tables = ["invoices", "orders"]
+
+    [connections.api]
+    type = "http"
+    base_url = "http://127.0.0.1:9000"
+    headers_env = { Authorization = "API_TOKEN" }
+
+Every setting key ending in ``_env`` names an environment variable; its value becomes the
+setting without the suffix (``url_env`` -> ``url``; a table such as ``headers_env`` is merged
+into ``headers``) wrapped in :class:`~keepflow.connectors.secret.Secret`, so it is never
+printed. Errors name the file, the connection and the key, never a value.
+
+A connection named ``http`` of type ``http`` exists without configuration; a user entry named
+``http`` replaces it. A missing file means "only the default connection".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from keepflow.connectors.base import ConnectionConfig, Connector, ToolKind, ToolSpec
+from keepflow.connectors.registry import get_connector_class
+from keepflow.connectors.secret import Secret
+from keepflow.errors import ConfigError, UsageError
+
+CONNECTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+#: ``ctx`` methods a connection may not shadow (SPEC §4–5).
+RESERVED_NAMES = frozenset({"publish", "peek", "getByIds", "log"})
+_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+DEFAULT_CONNECTIONS = (ConnectionConfig(name="http", type="http", settings={}),)
+
+
+def load_connections(path: Path | str, *, environ: Mapping[str, str] | None = None) -> Connections:
+    """Read ``path`` (if it exists) and return the validated connections."""
+    return Connections(load_connection_configs(path, environ=environ))
+
+
+def load_connection_configs(
+    path: Path | str, *, environ: Mapping[str, str] | None = None
+) -> list[ConnectionConfig]:
+    path = Path(path)
+    if not path.exists():
+        return list(DEFAULT_CONNECTIONS)
+    source = str(path)
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}", file=source) from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot be read: {exc.strerror}", file=source) from None
+    return parse_connections(doc, source=source, environ=environ)
+
+
+def parse_connections(
+    doc: Mapping[str, Any], *, source: str = "connections.toml",
+    environ: Mapping[str, str] | None = None,
+) -> list[ConnectionConfig]:
+    """Validate a parsed document; ``source`` is only used in error messages."""
+    env = os.environ if environ is None else environ
+    extra = sorted(set(doc) - {"connections"})
+    if extra:
+        raise _error(source, None, extra[0], "unknown top-level key; expected [connections.<name>]")
+    section = doc.get("connections", {})
+    if not isinstance(section, Mapping):
+        raise _error(source, None, "connections", "must be a table of [connections.<name>]")
+    configs = {c.name: c for c in DEFAULT_CONNECTIONS}
+    for name, entry in section.items():
+        configs[name] = _parse_one(source, name, entry, env)
+    return list(configs.values())
+
+
+def _parse_one(source: str, name: str, entry: Any, env: Mapping[str, str]) -> ConnectionConfig:
+    if not CONNECTION_NAME.match(name):
+        raise _error(source, name, None, "connection names must match [a-z][a-z0-9_]{0,31}")
+    if name in RESERVED_NAMES:
+        raise _error(source, name, None, f"'{name}' is a ctx method and cannot name a connection")
+    if not isinstance(entry, Mapping):
+        raise _error(source, name, None, "must be a table")
+    type_name = entry.get("type")
+    if not isinstance(type_name, str) or not type_name:
+        raise _error(source, name, "type", "is required and must be a string")
+    try:
+        cls = get_connector_class(type_name)
+    except ConfigError as exc:
+        raise _error(source, name, "type", exc.message) from None
+    settings: dict[str, Any] = {}
+    env_keys: list[str] = []
+    for key, value in entry.items():
+        if key == "type":
+            continue
+        if key.endswith("_env") and len(key) > 4:
+            env_keys.append(key)
+        else:
+            settings[key] = value
+    for key in env_keys:
+        target = key[: -len("_env")]
+        resolved = _resolve_env(source, name, key, entry[key], env)
+        if isinstance(resolved, dict):
+            plain = settings.get(target, {})
+            if not isinstance(plain, Mapping):
+                raise _error(source, name, key, f"'{target}' must be a table to merge into")
+            clash = sorted(set(plain) & set(resolved))
+            if clash:
+                raise _error(source, name, key, f"'{clash[0]}' is also set in '{target}'")
+            settings[target] = {**plain, **resolved}
+        else:
+            if target in settings:
+                raise _error(source, name, key, f"set either '{target}' or '{key}', not both")
+            settings[target] = resolved
+    try:
+        cls.validate_settings(settings)
+    except ConfigError as exc:
+        raise _error(source, name, exc.details.get("key"), exc.message) from None
+    return ConnectionConfig(name=name, type=type_name, settings=settings)
+
+
+def _resolve_env(
+    source: str, name: str, key: str, value: Any, env: Mapping[str, str]
+) -> Secret | dict[str, Secret]:
+    def one(var: Any, where: str) -> Secret:
+        if not isinstance(var, str) or not _ENV_VAR.match(var):
+            raise _error(source, name, where, "must name an environment variable")
+        secret = env.get(var)
+        if secret is None or secret == "":
+            raise _error(
+                source, name, where, f"environment variable {var} is not set", variable=var
+            )
+        return Secret(secret, var)
+
+    if isinstance(value, Mapping):
+        return {str(k): one(v, f"{key}.{k}") for k, v in value.items()}
+    return one(value, key)
+
+
+def _error(source: str, connection: str | None, key: str | None, problem: str,
+           **details: Any) -> ConfigError:
+    where = source
+    if connection is not None:
+        where += f": connection '{connection}'"
+    if key is not None:
+        where += f": key '{key}'"
+    return ConfigError(f"{where}: {problem}", file=source, connection=connection, key=key,
+                       **details)
+
+
+class Connections:
+    """The configured connections of one host: lazily instantiated, cached connectors.
+
+    Thread-safe: workers of different workflows share one instance.
+    """
+
+    def __init__(self, configs: Iterable[ConnectionConfig] = DEFAULT_CONNECTIONS) -> None:
+        self._configs: dict[str, ConnectionConfig] = {}
+        self._classes: dict[str, type[Connector]] = {}
+        for config in configs:
+            self._configs[config.name] = config
+            self._classes[config.name] = get_connector_class(config.type)
+        self._instances: dict[str, Connector] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def names(self) -> list[str]:
+        return sorted(self._configs)
+
+    def config(self, name: str) -> ConnectionConfig:
+        self._check_name(name)
+        return self._configs[name]
+
+    def get(self, name: str) -> Connector:
+        """The connector of connection ``name``, created on first use."""
+        self._check_name(name)
+        with self._lock:
+            if self._closed:
+                raise UsageError("the connections have been closed")
+            connector = self._instances.get(name)
+            if connector is None:
+                connector = self._classes[name](self._configs[name])
+                self._instances[name] = connector
+            return connector
+
+    def tool_kinds(self) -> dict[str, dict[str, ToolKind]]:
+        """connection -> tool -> kind, without instantiating anything (static analysis, the
+        sandbox's ``ctx.<conn>.<tool>`` stubs)."""
+        return {
+            name: {tool: spec.kind for tool, spec in self._classes[name].tools.items()}
+            for name in self.names()
+        }
+
+    def tool_specs(self) -> dict[str, dict[str, ToolSpec]]:
+        """connection -> tool -> full declaration (permission compilation, SPEC §9)."""
+        return {name: dict(self._classes[name].tools) for name in self.names()}
+
+    def close(self) -> None:
+        """Close every instantiated connector. Errors of one do not stop the others."""
+        with self._lock:
+            instances = list(self._instances.values())
+            self._instances.clear()
+            self._closed = True
+        for connector in instances:
+            try:
+                connector.close()
+            except Exception:  # noqa: S112 - best effort at shutdown; nothing can be done
+                continue
+
+    def __enter__(self) -> Connections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Connections({', '.join(self.names())})"
+
+    def _check_name(self, name: str) -> None:
+        if name not in self._configs:
+            known = ", ".join(self.names())
+            raise UsageError(f"no connection named '{name}'; configured: {known}")

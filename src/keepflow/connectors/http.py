@@ -1,0 +1,348 @@
+"""The ``http`` connector: plain HTTP(S) requests with idempotency keys (SPEC §9).
+
+Reads (``get``, ``head``) and mutations (``post``, ``put``, ``patch``, ``delete``) on one pooled
+``httpx.Client`` per connection. Every mutation carries ``Idempotency-Key: <key>`` (the ledger's
+key, SPEC §6), so a server that honours the header deduplicates a re-sent request by itself.
+
+A mutation can be verified only if the script says how: ``reconcile: {url}``, a URL that
+answers 2xx when the request with ``{idempotencyKey}`` took effect and 404 when it did not.
+Without it the outcome of an uncertain mutation cannot be checked (``can_reconcile`` is
+false) and the host escalates it (SPEC §6 step 4).
+
+Settings: ``base_url`` (relative ``url``s are appended to it; absolute ones must stay on its
+origin so configured credentials never reach another host), ``headers`` (sent on every
+request; put credentials in ``headers_env``), ``verify`` (TLS: bool or CA bundle path),
+``proxy``. Environment proxies and ``.netrc`` are ignored on purpose (``trust_env=False``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+
+from keepflow.connectors.base import (
+    ConnectionConfig,
+    Connector,
+    ReconcileOutcome,
+    ReconcileResult,
+    RiskTier,
+    ToolCall,
+    ToolKind,
+    ToolSpec,
+)
+from keepflow.connectors.http_classify import (
+    build_result,
+    read_body,
+    status_error,
+    transport_error,
+)
+from keepflow.connectors.http_settings import (
+    RESERVED_HEADERS,
+    TOKEN,
+    RedactingLogFilter,
+    check_settings,
+)
+from keepflow.connectors.registry import register_connector
+from keepflow.connectors.secret import Redactor, Secret, reveal, secret_values
+from keepflow.errors import ConnectorError, PermanentError
+
+_METHODS = {"get": "GET", "head": "HEAD", "post": "POST", "put": "PUT", "patch": "PATCH",
+            "delete": "DELETE"}
+_PARAMS = frozenset({"url", "headers", "json", "body", "query", "timeout", "reconcile"})
+KEY_PLACEHOLDER = "{idempotencyKey}"
+CONNECT_TIMEOUT = 10.0
+MAX_REDIRECTS = 5
+
+
+def _read(name: str, description: str) -> ToolSpec:
+    return ToolSpec(name, ToolKind.READ, "http.read", RiskTier.LOW, description, ("host",))
+
+
+def _write(name: str, description: str) -> ToolSpec:
+    return ToolSpec(name, ToolKind.MUTATE, "http.write", RiskTier.MEDIUM, description,
+                    ("host",), reconcile=True)
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    url: httpx.URL
+    headers: dict[str, str]
+    query: dict[str, Any] | None
+    json: Any
+    has_json: bool
+    body: str | None
+    timeout: float
+    reconcile_url: str | None  # template with {idempotencyKey}
+
+
+class HttpConnector(Connector):
+    """Type ``http``. See the module docstring and ``docs/connectors.md``."""
+
+    type_name: ClassVar[str] = "http"
+    tools: ClassVar[Mapping[str, ToolSpec]] = {
+        "get": _read("get", "GET a URL; any status except 401/403/408/429/5xx is data"),
+        "head": _read("head", "HEAD a URL"),
+        "post": _write("post", "POST to a URL with an Idempotency-Key"),
+        "put": _write("put", "PUT to a URL with an Idempotency-Key"),
+        "patch": _write("patch", "PATCH a URL with an Idempotency-Key"),
+        "delete": _write("delete", "DELETE a URL with an Idempotency-Key"),
+    }
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        super().__init__(config)
+        self.validate_settings(config.settings)
+        settings = config.settings
+        base = settings.get("base_url")
+        self._base_is_secret = isinstance(base, Secret)
+        self._base = httpx.URL(reveal(base)) if base is not None else None
+        self._headers = {str(k): reveal(v) for k, v in settings.get("headers", {}).items()}
+        # A secret base_url is usually secret for its path (a webhook token): mask that too.
+        secrets = secret_values(settings)
+        if self._base is not None and self._base_is_secret:
+            secrets.append(self._base.path)
+        self._redact = Redactor(secrets)
+        proxy = settings.get("proxy")
+        self._client = httpx.Client(
+            verify=settings.get("verify", True),
+            proxy=reveal(proxy) if proxy is not None else None,
+            trust_env=False,
+            follow_redirects=False,
+            max_redirects=MAX_REDIRECTS,
+            event_hooks={"request": [self._strip_credentials_off_origin]},
+        )
+        # httpx logs every request URL at INFO; a secret base_url (a webhook) must not leak.
+        self._log_filter = RedactingLogFilter(self._redact) if self._redact else None
+        if self._log_filter is not None:
+            logging.getLogger("httpx").addFilter(self._log_filter)
+
+    def __repr__(self) -> str:
+        return f"HttpConnector(name={self.name!r})"
+
+    # -- settings ----------------------------------------------------------------------------
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
+        check_settings(settings)
+
+    # -- declarations ------------------------------------------------------------------------
+
+    def can_reconcile(self, call: ToolCall) -> bool:
+        return self.tool(call.tool).reconcile and isinstance(call.params.get("reconcile"),
+                                                             Mapping)
+
+    def describe(self, call: ToolCall) -> str:
+        method = _METHODS.get(call.tool, call.tool.upper())
+        try:
+            url = self._resolve(call.params.get("url"), "url")
+        except PermanentError:
+            return f"{self.name}.{call.tool} (invalid url)"
+        return f"{method} {self._display(url)}"
+
+    def validate(self, call: ToolCall) -> None:
+        self._parse(call)
+
+    # -- effects -----------------------------------------------------------------------------
+
+    def call(self, call: ToolCall) -> Any:
+        req = self._parse(call)
+        mutate = self.tool(call.tool).kind is ToolKind.MUTATE
+        configured = {name.lower() for name in self._headers}
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in configured}
+        headers.update(self._headers)  # configured headers win, whatever the case
+        if mutate:
+            if not call.idempotency_key:
+                raise PermanentError(f"{self.name}.{call.tool}: a mutation needs an "
+                                     "idempotency key (host bug)")
+            headers["Idempotency-Key"] = call.idempotency_key
+        return self._exchange(req, headers, mutate=mutate)
+
+    def reconcile(self, call: ToolCall) -> ReconcileResult:
+        """GET ``reconcile.url`` with the key filled in: 2xx applied, 404 failed, else retry."""
+        req = self._parse(call)
+        if req.reconcile_url is None or not call.idempotency_key:
+            raise NotImplementedError(f"{self.name}.{call.tool} has no reconcile url")
+        url = self._resolve(
+            req.reconcile_url.replace(KEY_PLACEHOLDER, quote(call.idempotency_key, safe="")),
+            "reconcile.url",
+        )
+        probe = _Request("GET", url, {}, None, None, False, None, req.timeout, None)
+        try:
+            result = self._exchange(probe, dict(self._headers), mutate=False, raw=True)
+        except PermanentError as exc:
+            return ReconcileResult(ReconcileOutcome.RETRY, detail=exc.message)
+        except ConnectorError as exc:  # transient, auth, permission, ...
+            return ReconcileResult(ReconcileOutcome.RETRY, detail=self._redact.text(str(exc)))
+        status = result["status"]
+        where = f"GET {self._display(url)}"
+        if 200 <= status < 300:
+            return ReconcileResult(ReconcileOutcome.APPLIED, result, f"{where} -> {status}")
+        if status == 404:
+            return ReconcileResult(ReconcileOutcome.FAILED, None, f"{where} -> 404")
+        return ReconcileResult(ReconcileOutcome.RETRY, None, f"{where} -> {status}")
+
+    def close(self) -> None:
+        self._client.close()
+        if self._log_filter is not None:
+            logging.getLogger("httpx").removeFilter(self._log_filter)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _exchange(self, req: _Request, headers: dict[str, str], *, mutate: bool,
+                  raw: bool = False) -> dict[str, Any]:
+        what = f"{req.method} {self._display(req.url)}"
+        kwargs: dict[str, Any] = {}
+        if req.has_json:
+            kwargs["json"] = req.json
+        elif req.body is not None:
+            kwargs["content"] = req.body.encode()
+        request = self._client.build_request(
+            req.method, req.url, headers=headers, params=req.query,
+            timeout=httpx.Timeout(req.timeout, connect=min(req.timeout, CONNECT_TIMEOUT)),
+            **kwargs,
+        )
+        try:
+            response = self._client.send(request, stream=True, follow_redirects=not mutate)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, mutate=mutate, what=what,
+                                  redact=self._redact.text) from None
+        try:
+            body, truncated = read_body(response)
+        finally:
+            response.close()
+        result: dict[str, Any] = self._redact.deep(build_result(response, body, truncated))
+        if raw:
+            return result
+        text = result.get("text")
+        if text is None:
+            text = body[:2000].decode(errors="replace")
+        error = status_error(response, mutate=mutate, what=what, body=self._redact.text(text))
+        if error is not None:
+            raise error
+        return result
+
+    def _parse(self, call: ToolCall) -> _Request:
+        """Check the params (SPEC §6: malformed calls are rejected before ``in_flight``)."""
+        p = call.params
+        tool = call.tool
+        self.tool(tool)
+        if not isinstance(p, Mapping):
+            raise PermanentError(f"{self.name}.{tool}: params must be an object")
+        unknown = sorted(set(p) - _PARAMS)
+        if unknown:
+            raise _bad(self, tool, unknown[0], f"unknown parameter; known: {sorted(_PARAMS)}")
+        mutate = self.tool(tool).kind is ToolKind.MUTATE
+        url = self._resolve(p.get("url"), "url")
+        headers = p.get("headers", {})
+        if not isinstance(headers, Mapping):
+            raise _bad(self, tool, "headers", "must be an object of strings")
+        for name, value in headers.items():
+            if not isinstance(value, str):
+                raise _bad(self, tool, f"headers.{name}", "header values must be strings")
+            if not TOKEN.match(str(name)) or str(name).lower() in RESERVED_HEADERS:
+                raise _bad(self, tool, f"headers.{name}", "this header cannot be set")
+        has_json = "json" in p
+        body = p.get("body")
+        if has_json and body is not None:
+            raise _bad(self, tool, "json", "give either json or body, not both")
+        if body is not None and not isinstance(body, str):
+            raise _bad(self, tool, "body", "must be a string (use json for objects)")
+        if tool in ("get", "head") and (has_json or body is not None):
+            raise _bad(self, tool, "json" if has_json else "body", f"{tool} takes no body")
+        query = p.get("query")
+        if query is not None:
+            if not isinstance(query, Mapping):
+                raise _bad(self, tool, "query", "must be an object")
+            for k, v in query.items():
+                items = v if isinstance(v, list) else [v]
+                if not all(isinstance(i, (str, int, float, bool)) for i in items):
+                    raise _bad(self, tool, f"query.{k}", "values must be strings or numbers")
+        timeout = call.timeout
+        if "timeout" in p:
+            t = p["timeout"]
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 or \
+                    not math.isfinite(t):
+                raise _bad(self, tool, "timeout", "must be a positive number of seconds")
+            timeout = min(float(t), call.timeout)
+        reconcile_url = None
+        if "reconcile" in p:
+            reconcile_url = self._parse_reconcile(tool, p["reconcile"], mutate)
+        return _Request(_METHODS[tool], url, {str(k): v for k, v in headers.items()},
+                        dict(query) if query is not None else None, p.get("json"), has_json,
+                        body, timeout, reconcile_url)
+
+    def _parse_reconcile(self, tool: str, spec: Any, mutate: bool) -> str:
+        if not mutate:
+            raise _bad(self, tool, "reconcile", "only mutations reconcile")
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("url"), str):
+            raise _bad(self, tool, "reconcile", "must be {url, method?: 'GET'}")
+        extra = sorted(set(spec) - {"url", "method"})
+        if extra:
+            raise _bad(self, tool, f"reconcile.{extra[0]}", "unknown parameter")
+        if str(spec.get("method", "GET")).upper() != "GET":
+            raise _bad(self, tool, "reconcile.method", "only GET is supported")
+        template: str = spec["url"]
+        self._resolve(template.replace(KEY_PLACEHOLDER, "key"), "reconcile.url")
+        return template
+
+    def _resolve(self, raw: Any, field: str) -> httpx.URL:
+        """An absolute URL for ``raw``: relative ones are appended to ``base_url``."""
+        if not isinstance(raw, str) or (not raw and self._base is None):
+            raise PermanentError(f"{self.name}: {field} is required and must be a string",
+                                 field=field)
+        if not raw and self._base is not None:
+            return self._base  # "" means the base_url itself (e.g. a webhook URL)
+        try:
+            url = httpx.URL(raw)
+        except httpx.InvalidURL:
+            raise PermanentError(f"{self.name}: {field} is not a valid URL", field=field) from None
+        if url.is_absolute_url:
+            if url.scheme not in ("http", "https") or not url.host:
+                raise PermanentError(f"{self.name}: {field} must be an http(s) URL", field=field)
+            if url.userinfo:
+                raise PermanentError(f"{self.name}: {field} must not contain credentials",
+                                     field=field)
+            if self._base is not None and _origin(url) != _origin(self._base):
+                raise PermanentError(
+                    f"{self.name}: {field} must be relative to the connection's base_url "
+                    f"({self._display(self._base)}) or on the same origin", field=field)
+            return url
+        if url.host or raw.startswith("//"):
+            raise PermanentError(f"{self.name}: {field} has no scheme", field=field)
+        if self._base is None:
+            raise PermanentError(f"{self.name}: {field} must be an absolute http(s) URL "
+                                 "(the connection has no base_url)", field=field)
+        if ".." in url.path.split("/"):
+            raise PermanentError(f"{self.name}: {field} must not contain '..'", field=field)
+        return httpx.URL(str(self._base).rstrip("/") + "/" + raw.lstrip("/"))
+
+    def _display(self, url: httpx.URL) -> str:
+        """The URL for messages: no query (it may carry tokens), no path of a secret base."""
+        origin = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+        if self._base_is_secret:
+            return f"{origin}/…"
+        return self._redact.text(origin + url.path)
+
+    def _strip_credentials_off_origin(self, request: httpx.Request) -> None:
+        """Redirects of reads may leave the base origin: configured headers stay behind."""
+        if self._base is not None and _origin(request.url) != _origin(self._base):
+            for name in self._headers:
+                request.headers.pop(name, None)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+def _bad(connector: Connector, tool: str, field: str, problem: str) -> PermanentError:
+    return PermanentError(f"{connector.name}.{tool}: params.{field}: {problem}", field=field)
+
+
+register_connector(HttpConnector)

@@ -1,0 +1,375 @@
+"""The executor: runs producers (SPEC §4) and consumers (SPEC §5) from any durable point.
+
+Durable points of a consumer run (SPEC §5.5), and what the happy path commits:
+
+1. ``record_in_flight``: PrepareResult + reservations + run ``mutating`` + ledger ``in_flight``
+   (mutate has already run in the sandbox: it only *declares* the mutation, so nothing
+   external happened before this commit);
+2. ``settle_mutation``: ledger ``applied`` + result + run ``mutated``;
+3. ``commit_consumer_run``: publishes + state + events ``consumed`` + run ``committed``.
+
+A run with empty reservations, or whose mutate makes no mutation call, commits once (3 only).
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from keepflow import faults
+from keepflow.errors import (
+    ConnectorError,
+    FailureClass,
+    InvalidResult,
+    PhaseViolation,
+    RunFailure,
+    ScriptError,
+    TransientError,
+    UncertainOutcome,
+)
+from keepflow.model import (
+    EventStatus,
+    Fence,
+    LedgerStatus,
+    Phase,
+    RunDraft,
+    RunKind,
+    RunStatus,
+    StateUpdate,
+    VersionRecord,
+    WorkflowRecord,
+)
+from keepflow.runtime import ledger, values
+from keepflow.runtime.bridge import Bridge, RunScope
+from keepflow.runtime.routing import route_failure
+from keepflow.runtime.transitions import move
+from keepflow.sandbox.api import Invocation, InvocationResult
+from keepflow.sandbox.rules import WorkflowManifest
+from keepflow.store.store import Sleep
+
+if TYPE_CHECKING:
+    from keepflow.runtime.host import Host
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    handler: str
+    kind: RunKind
+    status: RunStatus
+    failure: dict[str, Any] | None = None
+    mutation: str | None = None  # ledger status of the last attempt, if any
+
+    @property
+    def ok(self) -> bool:
+        return self.status is RunStatus.COMMITTED
+
+
+class Executor:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    # ------------------------------------------------------------------ set-up
+
+    def _scope(self, run: RunDraft, version: VersionRecord, fence: Fence | None,
+               policy_name: str) -> RunScope:
+        manifest = WorkflowManifest.from_dict(version.manifest)
+        subscribed: frozenset[str] = frozenset()
+        if run.kind is RunKind.CONSUMER:
+            subscribed = frozenset(manifest.consumers[run.handler].subscribe)
+        return RunScope(
+            run=run, version=version, fence=fence, store=self.host.store,
+            connections=self.host.connections,
+            policy=self.host.policies.for_workflow(policy_name), clock=self.host.clock,
+            declared_topics=frozenset(manifest.topics), subscribed=subscribed,
+        )
+
+    def _invoke(self, scope: RunScope, phase: Phase, path: tuple[str, ...],
+                args: tuple[Any, ...], undefined: frozenset[int] = frozenset()
+                ) -> tuple[InvocationResult, Bridge]:
+        bridge = Bridge(scope, phase)
+        inv = Invocation(
+            source=scope.version.source, handler=path, args=args, undefined_args=undefined,
+            connections=self.host.stub_shape, limits=scope.policy.sandbox_limits(),
+        )
+        result = self.host.pool.invoke(inv, bridge, bridge.on_log)
+        after = getattr(result, "after_terminal", None) or []
+        for call in after:
+            if call.target in {"tool", "publish"}:
+                what = "a second mutation" if call.target == "tool" else "a publish"
+                raise PhaseViolation(
+                    f"{call.display}: {what} after the terminal mutation; the mutation must be "
+                    "the last thing mutate does (SPEC §5.2)", phase=phase.value,
+                    call=call.display)
+        return result, bridge
+
+    def new_run(self, wf: WorkflowRecord, version: VersionRecord, handler: str, kind: RunKind,
+                trigger: str) -> RunDraft:
+        from keepflow.ids import new_id
+
+        now = self.host.clock.now()
+        run = RunDraft(id=new_id(), workflow_id=wf.id, version_id=version.id, handler=handler,
+                       kind=kind, trigger=trigger, status=RunStatus.PENDING, created_at=now)
+        return run
+
+    # ------------------------------------------------------------------ producers (SPEC §4)
+
+    def run_producer(self, wf: WorkflowRecord, version: VersionRecord, handler: str,
+                     trigger: str, fence: Fence | None) -> RunOutcome:
+        run = self.new_run(wf, version, handler, RunKind.PRODUCER, trigger)
+        scope = self._scope(run, version, fence, wf.name)
+        move(run, RunStatus.RUNNING, self.host.clock.now())
+        has, state = self.host.store.load_state(wf.id, handler)
+        try:
+            res, _ = self._invoke(scope, Phase.PRODUCER, ("producers", handler),
+                                  (state,), frozenset() if has else frozenset({0}))
+            new_state = None
+            if not res.returned_undefined:
+                values.check_size(res.value, scope.policy.limits.state_bytes,
+                                  f"the state returned by {handler}")
+                new_state = StateUpdate(handler, res.value)
+        except RunFailure as f:
+            return self._fail(scope, f, Phase.PRODUCER, {"state": state})
+        self._note_duplicates(scope, Phase.PRODUCER)
+        faults.point("producer.before_commit")
+        move(run, RunStatus.COMMITTED, self.host.clock.now())
+        self.host.store.commit_producer_run(run, scope.fence, scope.publishes, new_state)
+        return self._outcome(run)
+
+    # ------------------------------------------------------------------ consumers (SPEC §5)
+
+    def run_consumer(self, wf: WorkflowRecord, version: VersionRecord, consumer: str,
+                     trigger: str, fence: Fence | None) -> RunOutcome:
+        run = self.new_run(wf, version, consumer, RunKind.CONSUMER, trigger)
+        return self._prepare(self._scope(run, version, fence, wf.name))
+
+    def _prepare(self, scope: RunScope) -> RunOutcome:
+        run, store, clock = scope.run, self.host.store, self.host.clock
+        if run.status is not RunStatus.PREPARING:
+            move(run, RunStatus.PREPARING, clock.now())
+        # Read before prepare: any event newer than this wakes a sleeping consumer (SPEC §7.3).
+        watermark = store.newest_event_id(run.workflow_id, sorted(scope.subscribed))
+        has, state = store.load_state(run.workflow_id, run.handler)
+        try:
+            res, _ = self._invoke(scope, Phase.PREPARE,
+                                  ("consumers", run.handler, "prepare"), (state,),
+                                  frozenset() if has else frozenset({0}))
+            prepared = values.prepare_result(
+                None if res.returned_undefined else res.value, subscribed=scope.subscribed,
+                limit=scope.policy.limits.prepared_bytes)
+            reserved = store.check_reservations(run.workflow_id, run.id, prepared.reservations,
+                                                sorted(scope.subscribed))
+        except RunFailure as f:
+            return self._fail(scope, f, Phase.PREPARE, {"state": state})
+        scope.reserved_titles = [e.title for e in reserved]
+        run.prepared = prepared.to_json()
+        move(run, RunStatus.PREPARED, clock.now(),
+             note=f"reserved {len(reserved)} event(s)" if reserved else "nothing to do")
+        reserve = {"reserve": prepared.reservations, "subscribed": sorted(scope.subscribed)}
+        if prepared.empty:
+            # SPEC §5.1: skip mutate, run next with {status: "none"}, then sleep (SPEC §7.3).
+            run.mutation_result = {"status": "none"}
+            move(run, RunStatus.EMITTING, clock.now())
+            until = clock.now() + timedelta(seconds=scope.policy.consumer.backoff_timeout_seconds)
+            return self._next(scope, prepared.to_json(), reserve={},
+                              sleep=Sleep(until=until, watermark=watermark))
+        return self._mutate(scope, prepared.to_json(), attempt=1, reserve=reserve)
+
+    def _mutate(self, scope: RunScope, prepared: dict[str, Any], attempt: int,
+                reserve: dict[str, Any], retries: int = 0,
+                pending: ledger.MutationOutcome | None = None) -> RunOutcome:
+        """Run mutate and the ledger procedure; re-execute mutate only after a definite
+        failure (SPEC §5.2), with backoff, up to the retry policy."""
+        run, clock = scope.run, self.host.clock
+        retry = scope.policy.retry
+        while True:
+            if pending is None:
+                if run.status is not RunStatus.MUTATING:
+                    move(run, RunStatus.MUTATING, clock.now(),
+                         note=f"attempt {attempt}" if attempt > 1 else None)
+                try:
+                    _, bridge = self._invoke(scope, Phase.MUTATE,
+                                             ("consumers", run.handler, "mutate"), (prepared,))
+                except RunFailure as f:
+                    return self._fail(scope, f, Phase.MUTATE, {"prepared": prepared},
+                                      reserve=reserve)
+                if bridge.declared is None:
+                    # SPEC §5.2: no mutation call → next gets {status: "none"}.
+                    run.mutation_result = {"status": "none"}
+                    move(run, RunStatus.MUTATED, clock.now(), note="mutate made no mutation call")
+                    move(run, RunStatus.EMITTING, clock.now())
+                    return self._next(scope, prepared, reserve=reserve)
+                done = ledger.perform(scope, bridge.declared, attempt, reserve)
+                reserve = {}  # persisted with the in_flight commit
+            else:
+                done, pending = pending, None
+            if done.outcome is ledger.Outcome.APPLIED:
+                move(run, RunStatus.EMITTING, clock.now())
+                return self._next(scope, prepared, reserve={})
+            if done.outcome is ledger.Outcome.SUSPENDED:
+                return self._outcome(run, done.mutation.status)
+            assert done.error is not None
+            if done.outcome is ledger.Outcome.FAILED or retries + 1 >= retry.max_attempts:
+                err = done.error
+                if done.outcome is ledger.Outcome.REMUTATE and not isinstance(err, TransientError):
+                    err = TransientError(f"{err.message} (reconciled: it did not take effect)")
+                return self._fail(scope, err, Phase.MUTATE, {"prepared": prepared})
+            retries += 1
+            attempt = done.mutation.attempt + 1
+            delay = max(retry.delay(retries), getattr(done.error, "retry_after", None) or 0.0)
+            scope.note(Phase.MUTATE, "warn",
+                       f"attempt {done.mutation.attempt} definitely failed ({done.error.message});"
+                       f" mutate runs again in {delay:.1f}s")
+            clock.sleep(delay)
+
+    # ------------------------------------------------------------------ resume (SPEC §5.5)
+
+    def resume(self, run_id: str, fence: Fence | None, *, version: VersionRecord | None = None,
+               reconcile: bool = False) -> RunOutcome:
+        """Continue a run from its last durable point (start-up recovery, or a retry of a
+        failed run). Never calls mutate again while the ledger may say it happened."""
+        store = self.host.store
+        rec = store.get_run(run_id)
+        if rec.status is RunStatus.COMMITTED:
+            return RunOutcome(rec.id, rec.handler, rec.kind, rec.status)
+        wf = store.get_workflow(rec.workflow_id)
+        ver = version or store.get_version(rec.version_id)
+        run = RunDraft(
+            id=rec.id, workflow_id=rec.workflow_id, version_id=ver.id, handler=rec.handler,
+            kind=rec.kind, trigger=rec.trigger, status=rec.status, created_at=rec.created_at,
+            suspend_reason=rec.suspend_reason, prepared=rec.prepared,
+            mutation_result=rec.mutation_result, failure=rec.failure, persisted=True)
+        scope = self._scope(run, ver, fence, wf.name)
+        scope.reserved_titles = store.reserved_titles(run.id)
+        now = self.host.clock.now()
+        if run.status is RunStatus.FAILED:
+            run.failure, run.finished_at = None, None
+        if run.kind is RunKind.PRODUCER:
+            return self._resume_producer(scope, wf, ver)
+        if run.prepared is None:  # SPEC §5.5: preparing → re-run prepare
+            return self._prepare(scope)
+        prepared = run.prepared
+        muts = store.mutations_of(run.id)
+        last = muts[-1] if muts else None
+        if run.mutation_result is not None or (last and last.status is LedgerStatus.APPLIED):
+            # SPEC §5.5: ledger applied → next with the stored result; emitting → next again.
+            if run.mutation_result is None and last is not None:
+                run.mutation_result = {"status": "applied", "result": last.result}
+            if run.status is not RunStatus.EMITTING:
+                if run.status is RunStatus.SUSPENDED:
+                    move(run, RunStatus.MUTATED, now)
+                move(run, RunStatus.EMITTING, now, note="resumed from the stored result")
+            skipped = run.mutation_result.get("status") == "skipped"
+            return self._next(scope, prepared, reserve={},
+                              outcome=EventStatus.SKIPPED if skipped else EventStatus.CONSUMED)
+        if last is not None and last.status in (LedgerStatus.IN_FLIGHT,
+                                                LedgerStatus.NEEDS_RECONCILE):
+            if last.status is LedgerStatus.NEEDS_RECONCILE and not reconcile:
+                return self._outcome(run, last.status)
+            # SPEC §5.5: in_flight → needs_reconcile, never call mutate again blindly.
+            if run.status is not RunStatus.MUTATING:
+                move(run, RunStatus.MUTATING, now, note="resumed: reconciling")
+            cause = UncertainOutcome("the host stopped while this mutation was in flight")
+            connector = self.host.connections.get(last.connection)
+            done = ledger.reconcile_now(scope, last, connector, cause)
+            return self._mutate(scope, prepared, attempt=last.attempt + 1, reserve={},
+                                retries=len(muts) - 1, pending=done)
+        if last is not None and last.status is LedgerStatus.INDETERMINATE:
+            return self._outcome(run, last.status)
+        if (last is not None and last.status is LedgerStatus.FAILED
+                and rec.status is not RunStatus.FAILED):
+            cause = ledger.failure_of(last)
+            if not cause.retryable:
+                # The host stopped while recording this failure: record it, never re-send.
+                return self._fail(scope, cause, Phase.MUTATE, {"prepared": prepared})
+        # No ledger entry, or the last attempt definitely failed: run mutate (SPEC §5.2, §5.5).
+        failed = sum(1 for m in muts if m.status is LedgerStatus.FAILED)
+        return self._mutate(scope, prepared, attempt=(last.attempt + 1) if last else 1,
+                            reserve={}, retries=max(0, failed - 1) if rec.status is not
+                            RunStatus.FAILED else 0)
+
+    def _resume_producer(self, scope: RunScope, wf: WorkflowRecord, ver: VersionRecord
+                         ) -> RunOutcome:
+        run = scope.run
+        if run.status is RunStatus.FAILED:  # a retry is simply a new run of the producer
+            return self.run_producer(wf, ver, run.handler, "retry", scope.fence)
+        # SPEC §5.5: producer running → discard; nothing was committed.
+        return self._fail(scope, TransientError(
+            "the host stopped during this producer run; nothing was committed and it runs "
+            "again on schedule"), Phase.PRODUCER, {})
+
+    def _next(self, scope: RunScope, prepared: dict[str, Any], reserve: dict[str, Any],
+              sleep: Sleep | None = None,
+              outcome: EventStatus = EventStatus.CONSUMED) -> RunOutcome:
+        """SPEC §5.3: next always runs; its commit is one transaction."""
+        run = scope.run
+        try:
+            res, _ = self._invoke(scope, Phase.NEXT, ("consumers", run.handler, "next"),
+                                  (prepared, run.mutation_result))
+            state = None
+            if not res.returned_undefined:
+                values.check_size(res.value, scope.policy.limits.state_bytes,
+                                  f"the state returned by {run.handler}.next")
+                state = StateUpdate(run.handler, res.value)
+        except RunFailure as f:
+            return self._fail(scope, f, Phase.NEXT,
+                              {"prepared": prepared, "mutationResult": run.mutation_result},
+                              reserve=reserve)
+        self._note_duplicates(scope, Phase.NEXT)
+        faults.point("next.before_commit")
+        move(run, RunStatus.COMMITTED, self.host.clock.now())
+        self.host.store.commit_consumer_run(
+            run, scope.fence, publishes=scope.publishes, state=state, outcome=outcome, sleep=sleep,
+            **reserve)
+        return self._outcome(run)
+
+    # ------------------------------------------------------------------ failures (SPEC §8)
+
+    def _fail(self, scope: RunScope, failure: RunFailure, phase: Phase,
+              inputs: dict[str, Any], reserve: dict[str, Any] | None = None) -> RunOutcome:
+        run = scope.run
+        cls = failure.failure_class
+        if cls is FailureClass.INDETERMINATE:  # an uncertain outcome of a *read* is transient
+            cls = FailureClass.TRANSIENT
+        run.failure = {
+            "class": cls.value,
+            "code": failure.code,
+            "message": failure.message,
+            "phase": phase.value,
+            "handler": run.handler,
+            "versionId": run.version_id,
+            "details": failure.to_dict(),
+            "stack": failure.stack if isinstance(failure, ScriptError) else _host_stack(failure),
+            "inputs": inputs,
+        }
+        move(run, RunStatus.FAILED, self.host.clock.now(), note=f"{cls.value}: {failure.message}")
+        status = route_failure(cls, run.handler, failure.message)
+        self.host.store.record_run(run, scope.fence, workflow_status=status, **(reserve or {}))
+        return self._outcome(run)
+
+    def _note_duplicates(self, scope: RunScope, phase: Phase) -> None:
+        """SPEC §3, §15.1: a re-published messageId is a no-op, noted on the run."""
+        if not scope.publishes:
+            return
+        known = self.host.store.existing_events(scope.run.workflow_id, scope.publishes)
+        for draft in scope.publishes:
+            old = known.get((draft.topic, draft.message_id))
+            if old is None:
+                continue
+            same = old == draft.payload_sha256
+            scope.note(
+                phase, "warn" if not same else "info",
+                f"event {draft.topic}/{draft.message_id} already exists; publish ignored"
+                + ("" if same else " (its payload differs: the original is kept)"))
+
+    def _outcome(self, run: RunDraft, mutation: LedgerStatus | None = None) -> RunOutcome:
+        return RunOutcome(run.id, run.handler, run.kind, run.status, run.failure,
+                          mutation.value if mutation else None)
+
+
+def _host_stack(failure: RunFailure) -> str:
+    if isinstance(failure, (ConnectorError, InvalidResult, PhaseViolation)):
+        return ""
+    return "".join(traceback.format_exception(failure)[-3:])

@@ -1,0 +1,206 @@
+"""The host procedure for a declared mutation (SPEC §6).
+
+1. write ``in_flight`` durably; 2. call the connector with the idempotency key;
+3. success → ``applied``; a definite failure → ``failed`` (transient ones re-execute mutate);
+4. an uncertain outcome → reconcile *immediately*: ``applied`` | ``failed`` |
+   ``needs_reconcile`` (run suspended, background reconciler) | ``indeterminate`` (no way to
+   verify: run suspended, workflow needs action).
+
+The script is no longer running when any of this happens, so uncertainty can never be caught
+by script code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from keepflow import faults
+from keepflow.connectors.base import Connector, ReconcileOutcome, ToolCall, ToolKind
+from keepflow.errors import (
+    AuthError,
+    ConnectorError,
+    FailureClass,
+    PermanentError,
+    PermissionDenied,
+    PreconditionError,
+    TransientError,
+    UncertainOutcome,
+)
+from keepflow.model import (
+    LedgerStatus,
+    MutationDraft,
+    MutationRecord,
+    Phase,
+    RunStatus,
+    SuspendReason,
+    ToolCallRecord,
+)
+from keepflow.runtime.bridge import DeclaredMutation, RunScope
+from keepflow.runtime.routing import route_indeterminate
+from keepflow.runtime.transitions import move
+from keepflow.store.store import Settle
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"  # go on with next
+    REMUTATE = "remutate"  # definitely did not happen and may succeed: mutate again
+    FAILED = "failed"  # definitely did not happen; the run fails with ``error``
+    SUSPENDED = "suspended"  # needs_reconcile or indeterminate
+
+
+@dataclass(frozen=True)
+class MutationOutcome:
+    outcome: Outcome
+    mutation: MutationRecord
+    error: ConnectorError | None = None
+
+
+def idempotency_key(workflow_id: str, run_id: str, attempt: int) -> str:
+    """SPEC §6: derived from workflow id + run id + attempt; stable across host restarts."""
+    return f"kf-{workflow_id}-{run_id}-{attempt}"
+
+
+_BY_CODE: dict[str, type[ConnectorError]] = {
+    cls.code: cls for cls in (AuthError, TransientError, PreconditionError, PermanentError,
+                              PermissionDenied, UncertainOutcome)
+}
+
+
+def failure_of(mutation: MutationRecord) -> ConnectorError:
+    """The typed error a ``failed`` ledger attempt recorded (for recovery decisions)."""
+    error = mutation.error or {}
+    cls = _BY_CODE.get(str(error.get("code")), PermanentError)
+    if cls is UncertainOutcome:  # reconciled as "did not happen": safe to try again
+        cls = TransientError
+    return cls(str(error.get("message") or "the mutation failed"))
+
+
+def tool_call_of(scope: RunScope, m: MutationRecord | DeclaredMutation, key: str) -> ToolCall:
+    return ToolCall(tool=m.tool, params=dict(m.params), idempotency_key=key,
+                    timeout=scope.policy.timeouts.tool_call_seconds)
+
+
+def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
+            reserve: dict[str, Any]) -> MutationOutcome:
+    run = scope.run
+    connector = scope.connections.get(declared.connection)
+    key = idempotency_key(run.workflow_id, run.id, attempt)
+    call = tool_call_of(scope, declared, key)
+    draft = MutationDraft(
+        run_id=run.id, workflow_id=run.workflow_id, attempt=attempt,
+        connection=declared.connection, connector_type=connector.type_name, tool=declared.tool,
+        params=declared.params, idempotency_key=key, description=connector.describe(call),
+        can_reconcile=connector.can_reconcile(call),
+    )
+    # SPEC §6 step 2: in_flight is durable before the external call starts.
+    mutation = scope.store.record_in_flight(run, scope.fence, draft, **reserve)
+    t0 = time.perf_counter()
+    try:
+        result = connector.call(call)
+    except UncertainOutcome as exc:
+        faults.point("mutation.after_call")
+        _log(scope, declared, call, t0, None, exc)
+        return reconcile_now(scope, mutation, connector, exc)
+    except ConnectorError as exc:
+        faults.point("mutation.after_call")
+        _log(scope, declared, call, t0, None, exc)
+        return _definitely_failed(scope, mutation, exc)
+    except Exception as exc:
+        faults.point("mutation.after_call")
+        cause = UncertainOutcome(f"{connector.type_name} raised {type(exc).__name__}: {exc}")
+        _log(scope, declared, call, t0, None, cause)
+        return reconcile_now(scope, mutation, connector, cause)
+    faults.point("mutation.after_call")
+    _log(scope, declared, call, t0, result, None)
+    return _applied(scope, mutation, result, resolved_by="host")
+
+
+def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connector,
+                  cause: ConnectorError) -> MutationOutcome:
+    """SPEC §6 step 4 (and §5.5: an ``in_flight`` attempt found at start-up)."""
+    run = scope.run
+    call = tool_call_of(scope, mutation, mutation.idempotency_key)
+    if not connector.can_reconcile(call):
+        return _indeterminate(scope, mutation, cause)
+    try:
+        answer = connector.reconcile(
+            replace(call, timeout=scope.policy.timeouts.reconcile_call_seconds))
+    except Exception as exc:
+        detail = exc.message if isinstance(exc, ConnectorError) else f"{type(exc).__name__}"
+        answer_outcome, answer_result, answer_detail = ReconcileOutcome.RETRY, None, detail
+    else:
+        answer_outcome, answer_result, answer_detail = answer.outcome, answer.result, answer.detail
+    if answer_outcome is ReconcileOutcome.APPLIED:
+        return _applied(scope, mutation, answer_result, resolved_by="reconcile",
+                        reconciled=True)
+    if answer_outcome is ReconcileOutcome.FAILED:
+        error = cause.to_dict() | {"reconcile": answer_detail or "did not take effect"}
+        move(run, RunStatus.MUTATING, scope.clock.now(),
+             note=f"reconcile: attempt {mutation.attempt} did not take effect")
+        rec = scope.store.settle_mutation(run, scope.fence, Settle(
+            mutation.id, LedgerStatus.FAILED, error=error, reconcile_attempted=True,
+            resolved_by="reconcile"))
+        return MutationOutcome(Outcome.REMUTATE, rec, cause)
+    move(run, RunStatus.SUSPENDED, scope.clock.now(),
+         note=f"reconciliation pending: {answer_detail or cause.message}")
+    run.suspend_reason = SuspendReason.NEEDS_RECONCILE
+    rec = scope.store.settle_mutation(run, scope.fence, Settle(
+        mutation.id, LedgerStatus.NEEDS_RECONCILE, error=cause.to_dict(),
+        reconcile_attempted=True, resolved_by="reconcile"))
+    return MutationOutcome(Outcome.SUSPENDED, rec, cause)
+
+
+def _applied(scope: RunScope, mutation: MutationRecord, result: Any, *,
+             resolved_by: str, reconciled: bool = False) -> MutationOutcome:
+    run = scope.run
+    run.mutation_result = {"status": "applied", "result": result}
+    move(run, RunStatus.MUTATED, scope.clock.now(),
+         note="reconciled: applied" if reconciled else None)
+    run.suspend_reason = None
+    rec = scope.store.settle_mutation(run, scope.fence, Settle(
+        mutation.id, LedgerStatus.APPLIED, result=result, reconcile_attempted=reconciled,
+        resolved_by=resolved_by))
+    return MutationOutcome(Outcome.APPLIED, rec)
+
+
+def _definitely_failed(scope: RunScope, mutation: MutationRecord, exc: ConnectorError
+                       ) -> MutationOutcome:
+    """SPEC §6 step 3: ``failed``; transient → mutate again after backoff, else the run fails.
+
+    The run's own failure is recorded by the executor, in the same commit when possible.
+    """
+    retry = exc.failure_class is FailureClass.TRANSIENT
+    rec = scope.store.settle_mutation(scope.run, scope.fence, Settle(
+        mutation.id, LedgerStatus.FAILED, error=exc.to_dict(), resolved_by="host"))
+    return MutationOutcome(Outcome.REMUTATE if retry else Outcome.FAILED, rec, exc)
+
+
+def _indeterminate(scope: RunScope, mutation: MutationRecord, cause: ConnectorError
+                   ) -> MutationOutcome:
+    """SPEC §6 step 6: nothing can verify it; the person must answer."""
+    run = scope.run
+    move(run, RunStatus.SUSPENDED, scope.clock.now(),
+         note=f"outcome unknown and cannot be verified: {cause.message}")
+    run.suspend_reason = SuspendReason.INDETERMINATE
+    status = route_indeterminate(mutation.description, scope.reserved_titles, cause.message,
+                                 can_verify=False)
+    rec = scope.store.settle_mutation(
+        run, scope.fence, Settle(mutation.id, LedgerStatus.INDETERMINATE, error=cause.to_dict(),
+                           resolved_by="host"),
+        workflow_status=status)
+    return MutationOutcome(Outcome.SUSPENDED, rec, cause)
+
+
+def _log(scope: RunScope, declared: DeclaredMutation | MutationRecord, call: ToolCall,
+         t0: float, result: Any, error: ConnectorError | None) -> None:
+    scope.call_seq += 1
+    scope.run.tool_calls.append(ToolCallRecord(
+        seq=scope.call_seq, phase=Phase.MUTATE, target="tool", connection=declared.connection,
+        tool=declared.tool, kind=ToolKind.MUTATE.value,
+        params={**call.params, "idempotencyKey": call.idempotency_key}, ok=error is None,
+        result=result, error=error.to_dict() if error else None, started_at=scope.clock.now(),
+        duration_ms=(time.perf_counter() - t0) * 1000,
+    ))

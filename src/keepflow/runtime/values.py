@@ -1,0 +1,159 @@
+"""Validation of what scripts hand to the host: events, PrepareResults, state, sizes.
+
+Every rejection is an :class:`~keepflow.errors.InvalidResult` (a ``logic`` failure, SPEC §8)
+whose message names the value, the rule and what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from keepflow.errors import InvalidResult
+from keepflow.model import EventDraft, Reservation
+from keepflow.store.rows import canonical_json, sha256_json
+
+TITLE_MAX = 200  # SPEC §3
+MESSAGE_ID_MAX = 256  # SPEC §3
+TOPIC_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # SPEC §2
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def check_size(value: Any, limit: int, what: str) -> None:
+    size = json_size(value)
+    if size > limit:
+        raise InvalidResult(
+            f"{what} is {_kib(size)} as JSON, over the limit of {_kib(limit)} (policy "
+            f"limits); keep large data outside keepflow and store a reference instead",
+            size=size, limit=limit,
+        )
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def event_draft(topic: Any, event: Any, *, declared: frozenset[str], payload_limit: int
+                ) -> EventDraft:
+    """Validate one ``ctx.publish(topic, {messageId?, title, payload?})`` (SPEC §3)."""
+    if not isinstance(topic, str) or topic not in declared:
+        raise InvalidResult(
+            f"ctx.publish({json.dumps(topic)}): the topic is not declared in `topics` "
+            f"(declared: {', '.join(sorted(declared)) or 'none'})"
+        )
+    if not isinstance(event, dict):
+        raise InvalidResult(
+            f"ctx.publish('{topic}', …): the event must be an object "
+            "{messageId, title, payload}"
+        )
+    unknown = set(event) - {"messageId", "title", "payload"}
+    if unknown:
+        raise InvalidResult(
+            f"ctx.publish('{topic}', …): unknown event field(s) {', '.join(sorted(unknown))}; "
+            "an event has messageId, title and payload"
+        )
+    title = event.get("title")
+    if not isinstance(title, str) or not title.strip():
+        raise InvalidResult(
+            f"ctx.publish('{topic}', …): `title` is required and must be a non-empty string "
+            "naming the external thing, e.g. 'Email from alice@example.com: \"Invoice\"'"
+        )
+    if len(title) > TITLE_MAX:
+        raise InvalidResult(
+            f"ctx.publish('{topic}', …): `title` is {len(title)} characters; at most "
+            f"{TITLE_MAX} are allowed"
+        )
+    payload = event.get("payload")
+    check_size(payload, payload_limit, f"the payload of event '{title}'")
+    message_id = event.get("messageId")
+    if message_id is None:
+        # SPEC §3: derived from a hash of the canonical payload when omitted.
+        message_id = "sha256:" + sha256_json(payload)[:40]
+    elif isinstance(message_id, bool) or not isinstance(message_id, (str, int)):
+        raise InvalidResult(
+            f"ctx.publish('{topic}', …): `messageId` must be a string derived from the external "
+            f"id (got {type(message_id).__name__})"
+        )
+    message_id = str(message_id)
+    if not message_id or len(message_id) > MESSAGE_ID_MAX:
+        raise InvalidResult(
+            f"ctx.publish('{topic}', …): `messageId` must be 1 to {MESSAGE_ID_MAX} characters "
+            f"(got {len(message_id)})"
+        )
+    return EventDraft(topic=topic, message_id=message_id, title=title.strip(), payload=payload,
+                      payload_sha256=sha256_json(payload))
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    reservations: tuple[Reservation, ...]
+    data: Any
+    ui: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reservations": [{"topic": r.topic, "ids": list(r.message_ids)}
+                             for r in self.reservations],
+            "data": self.data,
+            **({"ui": self.ui} if self.ui is not None else {}),
+        }
+
+    @property
+    def empty(self) -> bool:
+        return not any(r.message_ids for r in self.reservations)
+
+
+def prepare_result(value: Any, *, subscribed: frozenset[str], limit: int) -> PrepareResult:
+    """Validate prepare's return value (SPEC §5.1)."""
+    where = "prepare must return {reservations: [{topic, ids}], data, ui?}"
+    if not isinstance(value, dict):
+        raise InvalidResult(f"{where}; it returned {_describe(value)}")
+    unknown = set(value) - {"reservations", "data", "ui"}
+    if unknown:
+        raise InvalidResult(f"{where}; unknown field(s): {', '.join(sorted(unknown))}")
+    raw = value.get("reservations")
+    if not isinstance(raw, list):
+        raise InvalidResult(f"{where}; `reservations` is {_describe(raw)}")
+    merged: dict[str, list[str]] = {}
+    for i, r in enumerate(raw):
+        if not isinstance(r, dict) or set(r) - {"topic", "ids"}:
+            raise InvalidResult(f"{where}; reservations[{i}] must be {{topic, ids}}")
+        topic, ids = r.get("topic"), r.get("ids")
+        if not isinstance(topic, str) or topic not in subscribed:
+            raise InvalidResult(
+                f"prepare reserved events of topic {json.dumps(topic)}, which this consumer does "
+                f"not subscribe to (it subscribes to: {', '.join(sorted(subscribed))})"
+            )
+        if not isinstance(ids, list) or not all(isinstance(x, (str, int)) and
+                                                not isinstance(x, bool) for x in ids):
+            raise InvalidResult(f"{where}; reservations[{i}].ids must be a list of messageIds")
+        bucket = merged.setdefault(topic, [])
+        for x in ids:
+            if str(x) not in bucket:
+                bucket.append(str(x))
+    result = PrepareResult(
+        reservations=tuple(Reservation(t, tuple(ids)) for t, ids in merged.items() if ids),
+        data=value.get("data"),
+        ui=value.get("ui"),
+    )
+    check_size(result.to_json(), limit, "the PrepareResult")
+    return result
+
+
+def mutation_params(args: tuple[Any, ...], display: str) -> dict[str, Any]:
+    if len(args) != 1 or not isinstance(args[0], dict):
+        raise InvalidResult(f"{display} takes exactly one object argument with its parameters")
+    params: dict[str, Any] = args[0]
+    return params
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null/undefined"
+    text = canonical_json(value)
+    return f"{type(value).__name__} {text[:80]}"

@@ -1,0 +1,165 @@
+"""Two things the Python binding does not expose, reached through the engine's exported C API.
+
+**Unhandled promise rejections.** The shared library exports
+``JS_SetHostPromiseRejectionTracker``. We install a ctypes callback that forwards every
+"rejected without handler" / "handler added later" notification to a private JS function of the
+prelude, which keeps the set of currently unhandled promises in a Map. At the end of an
+invocation the prelude reports what is left (SPEC §8: a logic failure, UnhandledRejection).
+
+**Swallowed out-of-memory errors.** When the heap is exhausted while the engine queues a
+promise reaction, it drops the reaction and leaves the exception pending on the context (the
+awaiting code would then look like it awaits forever). ``JS_HasException`` after a drain tells
+the two apart, so the run fails as ``limit="memory"``, not as "never settled".
+
+This reads private memory layouts of the binding (``_quickjs.Context`` = PyObject_HEAD,
+JSRuntime*, JSContext*; ``_quickjs.Object`` = PyObject_HEAD, RuntimeData*, JSValue), so it is
+enabled only for the exact binding version it was written against, on 64-bit little-endian
+CPython, and every pointer read is cross-checked before use. Otherwise it stays off and
+unhandled rejections are simply not reported (documented behaviour, never a crash).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import platform
+import sys
+from typing import Any
+
+_BINDING_VERSION = "0.17.0.2"
+_ENGINE_VERSION = b"0.17.0"
+_HEAD = 16  # sizeof(PyObject_HEAD) on 64-bit CPython without Py_TRACE_REFS
+_TAG_BOOL = 1
+_TAG_UNDEFINED = 3
+_TAG_EXCEPTION = 6
+_TAG_OBJECT = -1
+
+
+class _JSValue(ctypes.Structure):
+    # !JS_NAN_BOXING layout (64-bit): union of 8 bytes, then a 64-bit tag.
+    _fields_ = (("u", ctypes.c_uint64), ("tag", ctypes.c_int64))
+
+
+_TRACKER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, _JSValue, _JSValue, ctypes.c_bool,
+                            ctypes.c_void_p)
+
+
+def _platform_problem() -> str | None:
+    if sys.implementation.name != "cpython":
+        return "not CPython"
+    if sys.maxsize <= 2**32 or sys.byteorder != "little":
+        return "not a 64-bit little-endian platform"
+    if hasattr(sys, "getobjects"):
+        return "a Py_TRACE_REFS build"
+    if platform.machine().lower() not in {"x86_64", "amd64", "aarch64", "arm64"}:
+        return f"untested machine {platform.machine()}"
+    try:
+        version = importlib.metadata.version("quickjs-ng")
+    except importlib.metadata.PackageNotFoundError:
+        return "quickjs-ng metadata not found"
+    if version != _BINDING_VERSION:
+        return f"quickjs-ng {version} is not {_BINDING_VERSION}"
+    return None
+
+
+class EngineHooks:
+    """One per worker process; attached to each fresh context in turn."""
+
+    def __init__(self) -> None:
+        self.problem = _platform_problem()
+        self._lib: Any = None
+        self._fn = _JSValue(0, _TAG_UNDEFINED)
+        self._recorder: Any = None  # keeps the JS function (and its JSValue) alive
+        self._js_context: int | None = None
+        self._callback = _TRACKER(self._on_rejection)
+        if self.problem is None:
+            self.problem = self._load()
+
+    @property
+    def available(self) -> bool:
+        return self.problem is None
+
+    def _load(self) -> str | None:
+        try:
+            import _quickjs
+
+            lib = ctypes.CDLL(_quickjs.__file__)
+            lib.JS_GetVersion.restype = ctypes.c_char_p
+            if lib.JS_GetVersion() != _ENGINE_VERSION:
+                return "unexpected engine version"
+            lib.JS_GetRuntime.argtypes = [ctypes.c_void_p]
+            lib.JS_GetRuntime.restype = ctypes.c_void_p
+            lib.JS_IsFunction.argtypes = [ctypes.c_void_p, _JSValue]
+            lib.JS_IsFunction.restype = ctypes.c_bool
+            lib.JS_SetHostPromiseRejectionTracker.argtypes = [
+                ctypes.c_void_p, _TRACKER, ctypes.c_void_p]
+            lib.JS_SetHostPromiseRejectionTracker.restype = None
+            lib.JS_Call.argtypes = [ctypes.c_void_p, _JSValue, _JSValue, ctypes.c_int,
+                                    ctypes.POINTER(_JSValue)]
+            lib.JS_Call.restype = _JSValue
+            lib.JS_FreeValue.argtypes = [ctypes.c_void_p, _JSValue]
+            lib.JS_FreeValue.restype = None
+            lib.JS_GetException.argtypes = [ctypes.c_void_p]
+            lib.JS_GetException.restype = _JSValue
+            lib.JS_HasException.argtypes = [ctypes.c_void_p]
+            lib.JS_HasException.restype = ctypes.c_bool
+        except (OSError, AttributeError, ImportError) as exc:
+            return f"cannot load the engine's symbols: {exc}"
+        self._lib = lib
+        return None
+
+    def attach(self, context: Any, recorder: Any) -> bool:
+        """Track rejections of ``context`` (a fresh ``quickjs.Context``) into ``recorder``."""
+        if self._lib is None:
+            return False
+        runtime = ctypes.c_void_p.from_address(id(context) + _HEAD).value
+        js_context = ctypes.c_void_p.from_address(id(context) + _HEAD + 8).value
+        owner = ctypes.c_void_p.from_address(id(recorder) + _HEAD).value
+        value = _JSValue.from_buffer_copy(ctypes.string_at(id(recorder) + _HEAD + 8, 16))
+        if (
+            not runtime
+            or not js_context
+            or self._lib.JS_GetRuntime(js_context) != runtime
+            or owner != id(context)
+            or value.tag != _TAG_OBJECT
+            or not self._lib.JS_IsFunction(js_context, value)
+        ):
+            self.problem = "the binding's memory layout is not the expected one"
+            self._lib = None
+            return False
+        self._recorder = recorder
+        self._fn = value
+        self._js_context = js_context
+        self._lib.JS_SetHostPromiseRejectionTracker(runtime, self._callback, None)
+        return True
+
+    def pending_exception(self) -> bool:
+        """Whether the engine left an exception pending (see the module docstring)."""
+        if self._lib is None or self._js_context is None:
+            return False
+        return bool(self._lib.JS_HasException(self._js_context))
+
+    def detach(self) -> None:
+        """Forget the context (it is about to be freed with its runtime)."""
+        self._recorder = None
+        self._js_context = None
+        self._fn = _JSValue(0, _TAG_UNDEFINED)
+
+    def _on_rejection(self, ctx: int, promise: _JSValue, reason: _JSValue, handled: bool,
+                      _opaque: int) -> None:
+        # Runs inside the engine; must never raise. The recorder is prelude code that uses
+        # only captured primordials, so no script code runs here.
+        try:
+            lib = self._lib
+            if lib is None or self._recorder is None:
+                return
+            argv = (_JSValue * 3)(promise, reason, _JSValue(1 if handled else 0, _TAG_BOOL))
+            result = lib.JS_Call(ctx, self._fn, _JSValue(0, _TAG_UNDEFINED), 3, argv)
+            if result.tag == _TAG_EXCEPTION:
+                # Out of memory or the CPU interrupt: drop this record; an interrupt fires
+                # again at the engine's next check, so nothing is lost but the record.
+                lib.JS_FreeValue(ctx, lib.JS_GetException(ctx))
+            else:
+                lib.JS_FreeValue(ctx, result)
+        except BaseException:  # noqa: S110 - a C callback cannot propagate anything
+            pass

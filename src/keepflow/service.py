@@ -1,0 +1,242 @@
+"""The operations people perform, used by every surface (CLI now, API and UI later).
+
+Each function takes an explicit :class:`~keepflow.runtime.host.Host`, does one thing, and
+returns plain data. Refusals are :class:`~keepflow.errors.KeepflowError` subclasses with one
+clear sentence; nothing half-done is left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keepflow.agents.validation import validate_script
+from keepflow.errors import Conflict, NotFound, ScriptInvalid, UsageError
+from keepflow.model import EventStatus, RunStatus, WorkflowRecord, WorkflowStatus
+from keepflow.runtime.executor import RunOutcome
+from keepflow.runtime.host import Host
+from keepflow.runtime.recovery import RecoveryReport, recover
+from keepflow.sandbox.findings import Finding
+from keepflow.sandbox.rules import WorkflowManifest
+from keepflow.settings import Settings
+from keepflow.store import events as ev
+from keepflow.store import queries
+from keepflow.views import event_detail, event_view, run_view, workflow_view
+
+CONNECTIONS_TEMPLATE = """\
+# keepflow connections: scripts reach each one as ctx.<name>.<tool> (docs/connectors.md).
+# A connection named "http" of type "http" exists by default.
+#
+# [connections.shop]
+# type = "sql"
+# url = "sqlite:////absolute/path/shop.db"     # or url_env = "SHOP_DB_URL"
+"""
+
+
+def init(settings: Settings) -> dict[str, Any]:
+    """Create ``$KEEPFLOW_HOME``, the store (migrated) and a commented connections file."""
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    created = []
+    if not settings.connections_file.exists():
+        settings.connections_file.write_text(CONNECTIONS_TEMPLATE, encoding="utf-8")
+        created.append(str(settings.connections_file))
+    with Host(settings) as host:
+        host.store.list_workflows()
+    return {"home": str(home.resolve()), "store": settings.store_url.split("?")[0],
+            "created": created}
+
+
+# ------------------------------------------------------------------------------ deploy
+
+
+@dataclass
+class DeployResult:
+    workflow: WorkflowRecord
+    version: str
+    status: str  # created | updated | unchanged
+    findings: list[Finding] = field(default_factory=list)
+
+
+def deploy(host: Host, path: Path, name: str | None = None, actor: str = "cli") -> DeployResult:
+    """Validate a script and make it the workflow's current version (SPEC §11.3, §14 14)."""
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text") from None
+    result = validate_script(source, host.pool, host.connections)
+    if not result.ok:
+        raise ScriptInvalid(
+            f"{path}: the script has {sum(f.severity == 'error' for f in result.findings)} "
+            "error(s); nothing was deployed", result.findings)
+    manifest = result.manifest
+    assert manifest is not None
+    wf_name = name or manifest.name
+    _check_name(wf_name)
+    sha = hashlib.sha256(source.encode()).hexdigest()
+    wf = host.store.find_workflow(wf_name)
+    status = "updated"
+    if wf is None:
+        wf = host.store.create_workflow(wf_name, actor)
+        status = "created"
+    elif wf.current_version_id is not None:
+        current = host.store.get_version(wf.current_version_id)
+        if current.source_sha256 == sha:
+            return DeployResult(wf, current.label, "unchanged", result.findings)
+    version = host.store.add_version(
+        wf.id, source=source, source_sha256=sha, manifest=manifest.to_dict(),
+        findings=[f.to_dict() for f in result.findings], created_by=actor)
+    return DeployResult(host.store.get_workflow(wf.id), version.label, status, result.findings)
+
+
+def _check_name(name: str) -> None:
+    from keepflow.runtime.values import TOPIC_RE
+
+    if not TOPIC_RE.match(name):
+        raise UsageError(f"workflow name {name!r} must match [a-z0-9][a-z0-9._-]{{0,63}}")
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def _current(host: Host, workflow: str) -> tuple[WorkflowRecord, Any, WorkflowManifest]:
+    wf = host.store.get_workflow(workflow)
+    if wf.current_version_id is None:
+        raise Conflict(f"workflow '{wf.name}' has no deployed version")
+    version = host.store.get_version(wf.current_version_id)
+    return wf, version, WorkflowManifest.from_dict(version.manifest)
+
+
+def _refuse_if_busy(host: Host, wf: WorkflowRecord) -> None:
+    """SPEC §7.1, §15 scenario 15: at most one active run per workflow."""
+    active = host.store.active_runs(wf.id)
+    if active:
+        run_id, handler, status = active[0]
+        raise Conflict(
+            f"workflow '{wf.name}' has an unfinished run {run_id} ({handler}, {status}); "
+            "nothing else of it runs until that run is resolved (see `keepflow run show "
+            f"{run_id}`)")
+
+
+def trigger(host: Host, workflow: str, handler: str) -> RunOutcome:
+    """One run of one handler now, in this process (manual trigger: works when paused)."""
+    recover(host, host.store.get_workflow(workflow).id)
+    wf, version, manifest = _current(host, workflow)
+    if handler not in manifest.producers and handler not in manifest.consumers:
+        known = ", ".join(sorted([*manifest.producers, *manifest.consumers]))
+        raise NotFound(f"workflow '{wf.name}' has no handler '{handler}' (handlers: {known})")
+    _refuse_if_busy(host, wf)
+    with host.lease(wf) as fence:
+        if handler in manifest.producers:
+            return host.executor.run_producer(wf, version, handler, "manual", fence)
+        return host.executor.run_consumer(wf, version, handler, "manual", fence)
+
+
+@dataclass
+class DrainReport:
+    recovered: RecoveryReport
+    runs: list[RunOutcome] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)  # workflow → why it did not run
+
+
+def drain(host: Host, workflow: str | None = None, max_runs: int = 100_000) -> DrainReport:
+    """Run ready consumers until none is ready (no waiting for timeouts or schedules)."""
+    wf_id = host.store.get_workflow(workflow).id if workflow else None
+    report = DrainReport(recovered=recover(host, wf_id))
+    targets = [host.store.get_workflow(workflow)] if workflow else host.store.list_workflows()
+    for wf in targets:
+        if wf.status is not WorkflowStatus.ACTIVE:
+            report.blocked[wf.name] = f"{wf.status.value}: {wf.status_reason or ''}".strip(": ")
+            continue
+        if wf.current_version_id is None:
+            continue
+        _drain_one(host, wf, report, max_runs)
+    return report
+
+
+def _drain_one(host: Host, wf: WorkflowRecord, report: DrainReport, max_runs: int) -> None:
+    _, version, manifest = _current(host, wf.name)
+    if host.store.active_runs(wf.id):
+        report.blocked[wf.name] = "has an unfinished run"
+        return
+    consumers = {name: c.subscribe for name, c in manifest.consumers.items()}
+    with host.lease(wf) as fence:
+        while len(report.runs) < max_runs:
+            ready = host.store.ready_consumers(wf.id, consumers, host.clock.now())
+            if not ready:
+                return
+            outcome = host.executor.run_consumer(wf, version, ready[0][1], "drain", fence)
+            report.runs.append(outcome)
+            if outcome.status is not RunStatus.COMMITTED:
+                report.blocked[wf.name] = f"run {outcome.run_id} is {outcome.status.value}"
+                return
+
+
+def retry_run(host: Host, run_id: str) -> RunOutcome:
+    """Continue a failed run from its last durable point with the current script version;
+    an applied mutation is never repeated (SPEC §5.5, §15 scenario 7)."""
+    run = host.store.get_run(run_id)
+    if run.status is not RunStatus.FAILED:
+        raise Conflict(f"run {run_id} is {run.status.value}; only a failed run can be retried")
+    wf, version, _ = _current(host, run.workflow_id)
+    with host.lease(wf) as fence:
+        return host.executor.resume(run_id, fence, version=version)
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def list_workflows(host: Host) -> list[dict[str, Any]]:
+    out = []
+    with host.store.read() as conn:
+        from keepflow.store import workflows as wfs
+
+        for wf in wfs.list_all(conn):
+            version = wfs.version(conn, wf.current_version_id) if wf.current_version_id else None
+            out.append(workflow_view(wf, version, queries.topic_counts(conn, wf.id)))
+    return out
+
+
+def list_events(host: Host, workflow: str, topic: str | None = None,
+                status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    wf = host.store.get_workflow(workflow)
+    st = _event_status(status)
+    with host.store.read() as conn:
+        return [event_view(e, with_payload=False)
+                for e in queries.list_events(conn, wf.id, topic=topic, status=st, limit=limit)]
+
+
+def show_event(host: Host, workflow: str, topic: str, message_id: str) -> dict[str, Any]:
+    wf = host.store.get_workflow(workflow)
+    with host.store.read() as conn:
+        found = ev.by_message_ids(conn, wf.id, topic, [message_id]).get(message_id)
+        if found is None:
+            raise NotFound(f"workflow '{wf.name}' has no event '{message_id}' in topic '{topic}'")
+        return event_detail(conn, found)
+
+
+def list_runs(host: Host, workflow: str, limit: int = 100) -> list[dict[str, Any]]:
+    wf = host.store.get_workflow(workflow)
+    with host.store.read() as conn:
+        return [run_view(conn, r) for r in queries.list_runs(conn, wf.id, limit)]
+
+
+def show_run(host: Host, run_id: str) -> dict[str, Any]:
+    run = host.store.get_run(run_id)
+    with host.store.read() as conn:
+        return run_view(conn, run, detail=True)
+
+
+def _event_status(status: str | None) -> EventStatus | None:
+    if status is None:
+        return None
+    try:
+        return EventStatus(status)
+    except ValueError:
+        raise UsageError(
+            f"unknown event status {status!r}; use one of: "
+            f"{', '.join(s.value for s in EventStatus)}") from None

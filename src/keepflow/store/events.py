@@ -1,0 +1,252 @@
+"""Every SQL statement about events, their history and reservations (SPEC §3, §5.1, §5.3).
+
+Functions named ``*_txn`` run inside the caller's transaction so that, e.g., publishing and the
+state update of a producer commit together (SPEC §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, select, update
+
+from keepflow.errors import Conflict, NotFound, ReservationRejected
+from keepflow.model import EventDraft, EventRecord, EventStatus, PublishReport, Reservation
+from keepflow.store import rows
+from keepflow.store.schema import event_history, events, reservations
+
+_SCRIPT_READY = and_(events.c.status == EventStatus.PENDING.value, events.c.reserved_by.is_(None))
+
+
+def publish_txn(
+    conn: Connection, workflow_id: str, run_id: str | None, drafts: Sequence[EventDraft],
+    now: datetime,
+) -> PublishReport:
+    """Insert new events; an existing ``(workflow, topic, messageId)`` is a no-op (SPEC §3)."""
+    report = PublishReport()
+    by_topic: dict[str, list[EventDraft]] = {}
+    for d in drafts:
+        by_topic.setdefault(d.topic, []).append(d)
+    for topic, items in by_topic.items():
+        existing = {
+            r.message_id: r.payload_sha256
+            for r in conn.execute(
+                select(events.c.message_id, events.c.payload_sha256).where(
+                    events.c.workflow_id == workflow_id,
+                    events.c.topic == topic,
+                    events.c.message_id.in_([d.message_id for d in items]),
+                )
+            )
+        }
+        fresh = []
+        for d in items:
+            if d.message_id in existing:
+                report.duplicates.append(f"{topic}/{d.message_id}")
+                if existing[d.message_id] != d.payload_sha256:
+                    report.differing.append(f"{topic}/{d.message_id}")
+                continue
+            existing[d.message_id] = d.payload_sha256
+            fresh.append(d)
+        for d in fresh:
+            event_id = conn.execute(
+                insert(events).values(
+                    workflow_id=workflow_id, topic=topic, message_id=d.message_id,
+                    title=d.title, payload=d.payload, payload_sha256=d.payload_sha256,
+                    status=EventStatus.PENDING.value, attempt=1, created_by=run_id,
+                    created_at=now, updated_at=now,
+                ).returning(events.c.id)
+            ).scalar_one()
+            _history(conn, event_id, EventStatus.PENDING, run_id, "published", now)
+            report.inserted.append(f"{topic}/{d.message_id}")
+    return report
+
+
+def peek(conn: Connection, workflow_id: str, topic: str, limit: int) -> list[EventRecord]:
+    """Pending, unreserved events of a topic in append order (SPEC §3, §5.1)."""
+    q = (
+        select(events)
+        .where(events.c.workflow_id == workflow_id, events.c.topic == topic, _SCRIPT_READY)
+        .order_by(events.c.id)
+        .limit(limit)
+    )
+    return [rows.event(r) for r in conn.execute(q).mappings()]
+
+
+def by_message_ids(
+    conn: Connection, workflow_id: str, topic: str, message_ids: Iterable[str]
+) -> dict[str, EventRecord]:
+    q = select(events).where(
+        events.c.workflow_id == workflow_id,
+        events.c.topic == topic,
+        events.c.message_id.in_(list(message_ids)),
+    )
+    return {r["message_id"]: rows.event(r) for r in conn.execute(q).mappings()}
+
+
+def payload_hashes(conn: Connection, workflow_id: str, topic: str, message_ids: Iterable[str]
+                   ) -> dict[str, str]:
+    q = select(events.c.message_id, events.c.payload_sha256).where(
+        events.c.workflow_id == workflow_id,
+        events.c.topic == topic,
+        events.c.message_id.in_(list(message_ids)),
+    )
+    return {r.message_id: r.payload_sha256 for r in conn.execute(q)}
+
+
+def reserved_titles(conn: Connection, run_id: str) -> list[str]:
+    q = select(events.c.title).join(reservations, reservations.c.event_id == events.c.id) \
+        .where(reservations.c.run_id == run_id).order_by(events.c.id)
+    return [r.title for r in conn.execute(q)]
+
+
+def check_reservations(
+    conn: Connection, workflow_id: str, run_id: str, wanted: Sequence[Reservation],
+    subscribed: Iterable[str],
+) -> list[EventRecord]:
+    """The events a PrepareResult reserves, or ``ReservationRejected`` naming the event and the
+    rule it breaks (SPEC §5.1, §15 scenario 4)."""
+    allowed = set(subscribed)
+    found: list[EventRecord] = []
+    for res in wanted:
+        if res.topic not in allowed:
+            raise ReservationRejected(
+                f"prepare reserved events of topic '{res.topic}', which this consumer does not "
+                f"subscribe to (it subscribes to: {', '.join(sorted(allowed))})",
+                topic=res.topic,
+            )
+        got = by_message_ids(conn, workflow_id, res.topic, res.message_ids)
+        for mid in res.message_ids:
+            ev = got.get(mid)
+            if ev is None:
+                raise ReservationRejected(
+                    f"prepare reserved '{mid}' in topic '{res.topic}', but no such event exists",
+                    topic=res.topic, message_id=mid,
+                )
+            if ev.status is not EventStatus.PENDING:
+                raise ReservationRejected(
+                    f"prepare reserved event '{ev.title}' ({res.topic}/{mid}), but it is already "
+                    f"{ev.status.value}; only pending events can be reserved",
+                    topic=res.topic, message_id=mid,
+                )
+            if ev.reserved_by is not None and ev.reserved_by != run_id:
+                raise ReservationRejected(
+                    f"prepare reserved event '{ev.title}' ({res.topic}/{mid}), but it is "
+                    f"reserved by run {ev.reserved_by}",
+                    topic=res.topic, message_id=mid,
+                )
+            found.append(ev)
+    return found
+
+
+def reserve_txn(
+    conn: Connection, workflow_id: str, run_id: str, wanted: Sequence[Reservation],
+    subscribed: Iterable[str], now: datetime,
+) -> list[EventRecord]:
+    """Reserve events for a run, capturing each event's attempt (SPEC §3, §5.1)."""
+    evs = check_reservations(conn, workflow_id, run_id, wanted, subscribed)
+    ids = [e.id for e in evs if e.reserved_by is None]
+    if ids:
+        n = conn.execute(
+            update(events)
+            .where(events.c.id.in_(ids), _SCRIPT_READY)
+            .values(reserved_by=run_id, updated_at=now)
+        ).rowcount
+        if n != len(ids):
+            raise ReservationRejected("another run reserved some of these events at the same time")
+    for e in evs:
+        if e.reserved_by is None:
+            conn.execute(insert(reservations).values(
+                run_id=run_id, event_id=e.id, attempt=e.attempt, reserved_at=now))
+            _history(conn, e.id, EventStatus.PENDING, run_id, f"reserved (attempt {e.attempt})",
+                     now)
+    return evs
+
+
+def finish_reservations_txn(
+    conn: Connection, run_id: str, outcome: EventStatus, now: datetime
+) -> int:
+    """Reserved events of a run become consumed or skipped (SPEC §5.3)."""
+    ids = [r.id for r in conn.execute(select(events.c.id).where(events.c.reserved_by == run_id))]
+    if not ids:
+        return 0
+    conn.execute(
+        update(events).where(events.c.id.in_(ids))
+        .values(status=outcome.value, reserved_by=None, updated_at=now)
+    )
+    conn.execute(
+        update(reservations)
+        .where(reservations.c.run_id == run_id, reservations.c.outcome.is_(None))
+        .values(outcome=outcome.value, ended_at=now)
+    )
+    for eid in ids:
+        _history(conn, eid, outcome, run_id, outcome.value, now)
+    return len(ids)
+
+
+def skip_event_txn(conn: Connection, workflow_id: str, topic: str, message_id: str,
+                   actor: str, now: datetime) -> EventRecord:
+    """A person skips a pending, unreserved event (SPEC §12, §15 scenario 16)."""
+    ev = by_message_ids(conn, workflow_id, topic, [message_id]).get(message_id)
+    if ev is None:
+        raise NotFound(f"no event '{message_id}' in topic '{topic}'")
+    if ev.status is not EventStatus.PENDING:
+        raise Conflict(f"event '{ev.title}' is already {ev.status.value}; nothing to skip")
+    if ev.reserved_by is not None:
+        raise Conflict(
+            f"event '{ev.title}' is reserved by run {ev.reserved_by}; resolve that run instead"
+        )
+    n = conn.execute(
+        update(events).where(events.c.id == ev.id, _SCRIPT_READY)
+        .values(status=EventStatus.SKIPPED.value, updated_at=now)
+    ).rowcount
+    if n != 1:
+        raise Conflict(f"event '{ev.title}' changed while skipping it; try again")
+    _history(conn, ev.id, EventStatus.SKIPPED, None, f"skipped by {actor}", now)
+    return by_message_ids(conn, workflow_id, topic, [message_id])[message_id]
+
+
+def ready_window(
+    conn: Connection, workflow_id: str, topics: Sequence[str]
+) -> tuple[int | None, int | None]:
+    """(oldest, newest) id of pending unreserved events in these topics (SPEC §7.1, §7.3)."""
+    row = conn.execute(
+        select(func.min(events.c.id), func.max(events.c.id)).where(
+            events.c.workflow_id == workflow_id, events.c.topic.in_(list(topics)), _SCRIPT_READY
+        )
+    ).one()
+    return row[0], row[1]
+
+
+def newest_id(conn: Connection, workflow_id: str, topics: Sequence[str]) -> int:
+    v = conn.execute(
+        select(func.max(events.c.id)).where(
+            events.c.workflow_id == workflow_id, events.c.topic.in_(list(topics)))
+    ).scalar()
+    return int(v or 0)
+
+
+def _history(conn: Connection, event_id: int, status: EventStatus, run_id: str | None,
+             note: str, now: datetime) -> None:
+    conn.execute(insert(event_history).values(
+        event_id=event_id, at=now, status=status.value, run_id=run_id, note=note))
+
+
+def history(conn: Connection, event_id: int) -> list[dict[str, Any]]:
+    q = select(event_history).where(event_history.c.event_id == event_id) \
+        .order_by(event_history.c.id)
+    return [
+        {"at": r["at"].isoformat(), "status": r["status"], "runId": r["run_id"], "note": r["note"]}
+        for r in conn.execute(q).mappings()
+    ]
+
+
+def event_reservations(conn: Connection, event_id: int) -> list[dict[str, Any]]:
+    q = select(reservations).where(reservations.c.event_id == event_id) \
+        .order_by(reservations.c.reserved_at)
+    return [
+        {"runId": r["run_id"], "attempt": r["attempt"], "reservedAt": r["reserved_at"].isoformat(),
+         "outcome": r["outcome"]}
+        for r in conn.execute(q).mappings()
+    ]

@@ -1,0 +1,85 @@
+"""Every SQL statement about the mutation ledger (SPEC §6): one row per mutation attempt."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from keepflow.errors import StoreError
+from keepflow.model import LedgerStatus, MutationDraft, MutationRecord
+from keepflow.store import rows
+from keepflow.store.schema import mutations
+
+#: Legal ledger moves. ``in_flight`` is written before the call; everything else follows it.
+_MOVES: dict[LedgerStatus, frozenset[LedgerStatus]] = {
+    LedgerStatus.IN_FLIGHT: frozenset(
+        {LedgerStatus.APPLIED, LedgerStatus.FAILED, LedgerStatus.NEEDS_RECONCILE,
+         LedgerStatus.INDETERMINATE}),
+    LedgerStatus.NEEDS_RECONCILE: frozenset(
+        {LedgerStatus.APPLIED, LedgerStatus.FAILED, LedgerStatus.NEEDS_RECONCILE,
+         LedgerStatus.INDETERMINATE}),
+    # SPEC §6 user actions: "Try again" and "It didn't happen" act on indeterminate attempts.
+    LedgerStatus.INDETERMINATE: frozenset({LedgerStatus.NEEDS_RECONCILE, LedgerStatus.FAILED}),
+    LedgerStatus.APPLIED: frozenset(),
+    LedgerStatus.FAILED: frozenset(),
+}
+
+
+def record_in_flight_txn(conn: Connection, draft: MutationDraft, now: datetime) -> int:
+    """SPEC §6 step 2: durable before the external call starts."""
+    return int(conn.execute(
+        insert(mutations).values(
+            run_id=draft.run_id, workflow_id=draft.workflow_id, attempt=draft.attempt,
+            connection=draft.connection, connector_type=draft.connector_type, tool=draft.tool,
+            params=draft.params, idempotency_key=draft.idempotency_key,
+            description=draft.description, can_reconcile=draft.can_reconcile,
+            status=LedgerStatus.IN_FLIGHT.value, reconcile_attempts=0,
+            created_at=now, updated_at=now,
+        ).returning(mutations.c.id)
+    ).scalar_one())
+
+
+def settle_txn(
+    conn: Connection, mutation_id: int, status: LedgerStatus, now: datetime, *,
+    result: Any = None, error: dict[str, Any] | None = None, resolved_by: str = "host",
+    reconcile_attempted: bool = False, next_reconcile_at: datetime | None = None,
+) -> MutationRecord:
+    current = get(conn, mutation_id)
+    if status not in _MOVES[current.status]:
+        raise StoreError(
+            f"ledger attempt {current.attempt} of run {current.run_id} is {current.status.value}; "
+            f"it cannot become {status.value}"
+        )
+    values: dict[str, Any] = {"status": status.value, "updated_at": now,
+                              "resolved_by": resolved_by, "next_reconcile_at": next_reconcile_at}
+    if result is not None:
+        values["result"] = result
+    if error is not None:
+        values["error"] = error
+    if reconcile_attempted:
+        values["reconcile_attempts"] = mutations.c.reconcile_attempts + 1
+    n = conn.execute(
+        update(mutations)
+        .where(mutations.c.id == mutation_id, mutations.c.status == current.status.value)
+        .values(**values)
+    ).rowcount
+    if n != 1:
+        raise StoreError(f"ledger attempt {mutation_id} changed concurrently")
+    return get(conn, mutation_id)
+
+
+def get(conn: Connection, mutation_id: int) -> MutationRecord:
+    row = conn.execute(select(mutations).where(mutations.c.id == mutation_id)).mappings().one()
+    return rows.mutation(row)
+
+
+def for_run(conn: Connection, run_id: str) -> list[MutationRecord]:
+    q = select(mutations).where(mutations.c.run_id == run_id).order_by(mutations.c.attempt)
+    return [rows.mutation(r) for r in conn.execute(q).mappings()]
+
+
+def with_status(conn: Connection, status: LedgerStatus) -> list[MutationRecord]:
+    q = select(mutations).where(mutations.c.status == status.value).order_by(mutations.c.id)
+    return [rows.mutation(r) for r in conn.execute(q).mappings()]

@@ -1,0 +1,158 @@
+"""Every SQL statement about runs, their transitions, tool calls, logs and handler state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from keepflow.errors import NotFound
+from keepflow.model import RunDraft, RunRecord, RunStatus, StateUpdate
+from keepflow.store import rows
+from keepflow.store.schema import handler_state, run_logs, run_transitions, runs, tool_calls
+
+
+def flush_run_txn(conn: Connection, run: RunDraft, now: datetime) -> None:
+    """Write the run row and everything it accumulated since the last durable point."""
+    values: dict[str, Any] = {
+        "status": run.status.value,
+        "suspend_reason": run.suspend_reason.value if run.suspend_reason else None,
+        "prepared": run.prepared,
+        "mutation_result": run.mutation_result,
+        "failure": run.failure,
+        "updated_at": now,
+        "finished_at": run.finished_at,
+    }
+    if run.persisted:
+        conn.execute(update(runs).where(runs.c.id == run.id).values(**values))
+    else:
+        conn.execute(insert(runs).values(
+            id=run.id, workflow_id=run.workflow_id, version_id=run.version_id,
+            handler=run.handler, kind=run.kind.value, trigger=run.trigger,
+            created_at=run.created_at, **values,
+        ))
+    if run.transitions:
+        conn.execute(insert(run_transitions), [
+            {"run_id": run.id, "from_status": t.from_status.value if t.from_status else None,
+             "to_status": t.to_status.value, "at": t.at, "note": t.note}
+            for t in run.transitions
+        ])
+    if run.tool_calls:
+        conn.execute(insert(tool_calls), [
+            {"run_id": run.id, "seq": c.seq, "phase": c.phase.value, "target": c.target,
+             "connection": c.connection, "tool": c.tool, "kind": c.kind, "params": c.params,
+             "ok": c.ok, "result": c.result, "error": c.error,
+             "started_at": c.started_at or now, "duration_ms": c.duration_ms}
+            for c in run.tool_calls
+        ])
+    if run.logs:
+        conn.execute(insert(run_logs), [
+            {"run_id": run.id, "seq": lg.seq, "phase": lg.phase.value if lg.phase else None,
+             "level": lg.level, "message": lg.message, "at": lg.at}
+            for lg in run.logs
+        ])
+
+
+def get(conn: Connection, run_id: str) -> RunRecord:
+    row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"no run {run_id} (see `keepflow runs WORKFLOW`)")
+    return rows.run(row)
+
+
+def load_state(conn: Connection, workflow_id: str, handler: str) -> tuple[bool, Any]:
+    """(has_state, state) of a handler; ``has_state`` is False before its first commit."""
+    row = conn.execute(
+        select(handler_state.c.has_state, handler_state.c.state).where(
+            handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler)
+    ).first()
+    if row is None or not row.has_state:
+        return False, None
+    return True, row.state
+
+
+def _ensure_state_row(conn: Connection, workflow_id: str, handler: str, now: datetime) -> None:
+    exists = conn.execute(
+        select(handler_state.c.handler).where(
+            handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler)
+    ).first()
+    if exists is None:
+        conn.execute(insert(handler_state).values(
+            workflow_id=workflow_id, handler=handler, has_state=False, updated_at=now))
+
+
+def save_state_txn(conn: Connection, workflow_id: str, update_: StateUpdate, run_id: str,
+                   now: datetime) -> None:
+    _ensure_state_row(conn, workflow_id, update_.handler, now)
+    conn.execute(
+        update(handler_state)
+        .where(handler_state.c.workflow_id == workflow_id,
+               handler_state.c.handler == update_.handler)
+        .values(state=update_.value, has_state=True, updated_by=run_id, updated_at=now)
+    )
+
+
+def set_sleep_txn(conn: Connection, workflow_id: str, handler: str, until: datetime | None,
+                  watermark: int | None, now: datetime) -> None:
+    """SPEC §7.3: a consumer sleeps after empty reservations; any other outcome wakes it."""
+    _ensure_state_row(conn, workflow_id, handler, now)
+    conn.execute(
+        update(handler_state)
+        .where(handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler)
+        .values(sleep_until=until, sleep_watermark=watermark)
+    )
+
+
+def sleep_info(conn: Connection, workflow_id: str, handler: str
+               ) -> tuple[datetime | None, int | None]:
+    row = conn.execute(
+        select(handler_state.c.sleep_until, handler_state.c.sleep_watermark).where(
+            handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler)
+    ).first()
+    return (row.sleep_until, row.sleep_watermark) if row else (None, None)
+
+
+def active_runs(conn: Connection, workflow_id: str) -> list[tuple[str, str, str]]:
+    """(id, handler, status) of runs that are neither committed nor failed."""
+    q = select(runs.c.id, runs.c.handler, runs.c.status).where(
+        runs.c.workflow_id == workflow_id,
+        runs.c.status.notin_([RunStatus.COMMITTED.value, RunStatus.FAILED.value]),
+    )
+    return [(r.id, r.handler, r.status) for r in conn.execute(q)]
+
+
+def transitions(conn: Connection, run_id: str) -> list[dict[str, Any]]:
+    q = select(run_transitions).where(run_transitions.c.run_id == run_id) \
+        .order_by(run_transitions.c.at, run_transitions.c.id)
+    return [
+        {"from": r["from_status"], "to": r["to_status"], "at": r["at"].isoformat(),
+         "note": r["note"]}
+        for r in conn.execute(q).mappings()
+    ]
+
+
+def run_tool_calls(conn: Connection, run_id: str) -> list[dict[str, Any]]:
+    q = select(tool_calls).where(tool_calls.c.run_id == run_id).order_by(tool_calls.c.seq)
+    return [
+        {"seq": r["seq"], "phase": r["phase"], "target": r["target"],
+         "connection": r["connection"], "tool": r["tool"], "kind": r["kind"],
+         "params": r["params"], "ok": r["ok"], "result": r["result"], "error": r["error"],
+         "startedAt": r["started_at"].isoformat(), "durationMs": r["duration_ms"]}
+        for r in conn.execute(q).mappings()
+    ]
+
+
+def logs(conn: Connection, run_id: str) -> list[dict[str, Any]]:
+    q = select(run_logs).where(run_logs.c.run_id == run_id).order_by(run_logs.c.seq)
+    return [
+        {"seq": r["seq"], "phase": r["phase"], "level": r["level"], "message": r["message"],
+         "at": r["at"].isoformat()}
+        for r in conn.execute(q).mappings()
+    ]
+
+
+def runs_with_status(conn: Connection, statuses: Sequence[RunStatus]) -> list[str]:
+    q = select(runs.c.id).where(runs.c.status.in_([s.value for s in statuses])).order_by(runs.c.id)
+    return [r.id for r in conn.execute(q)]

@@ -1,0 +1,357 @@
+"""The Store: the only API through which durable state changes.
+
+Every public method that writes is named after the transition it performs and is **one
+transaction** (SPEC §4, §5.1, §5.3, §6): e.g. :meth:`commit_consumer_run` writes the publishes,
+the new state, the consumed events and the committed run together or not at all. Every commit
+of a run's work checks the workflow's fence (SPEC §13).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy import exc as sa_exc
+
+from keepflow import faults
+from keepflow.errors import KeepflowError, StoreError
+from keepflow.model import (
+    UNFINISHED,
+    EventDraft,
+    EventRecord,
+    EventStatus,
+    Fence,
+    LedgerStatus,
+    MutationDraft,
+    MutationRecord,
+    PublishReport,
+    Reservation,
+    RunDraft,
+    RunRecord,
+    StateUpdate,
+    VersionRecord,
+    WorkflowRecord,
+    WorkflowStatus,
+)
+from keepflow.store import events as ev
+from keepflow.store import ledger, runs
+from keepflow.store import workflows as wf
+from keepflow.store.engine import READ_ONLY, make_engine, migrate
+from keepflow.store.rows import utcnow
+
+LEASE_TTL = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """SPEC §7.3: the consumer sleeps until ``until`` or an event newer than ``watermark``."""
+
+    until: datetime
+    watermark: int
+
+
+@dataclass(frozen=True)
+class Settle:
+    """A ledger attempt's new status, written with the run (SPEC §6)."""
+
+    mutation_id: int
+    status: LedgerStatus
+    result: Any = None
+    error: dict[str, Any] | None = None
+    reconcile_attempted: bool = False
+    resolved_by: str = "host"
+
+
+class Store:
+    def __init__(self, url: str, *, clock: Callable[[], datetime] = utcnow,
+                 auto_migrate: bool = True) -> None:
+        self.url = url
+        self.clock = clock
+        self.engine: Engine = make_engine(url)
+        if auto_migrate:
+            with self._translate():
+                migrate(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except KeepflowError:
+            raise
+        except sa_exc.SQLAlchemyError as exc:
+            first = exc.args[0] if exc.args else exc
+            raise StoreError(f"store error: {type(exc).__name__}: {first}") from exc
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        with self._translate(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._translate(), self.engine.connect() as raw:
+            conn = raw.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                yield conn
+
+    # ------------------------------------------------------------------ leases (SPEC §13)
+
+    def acquire_lease(self, workflow_id: str, owner: str, *, stale_owner: str | None = None
+                      ) -> Fence | None:
+        with self.write() as conn:
+            return wf.acquire_lease_txn(conn, workflow_id, owner, LEASE_TTL, self.clock(),
+                                        stale_owner=stale_owner)
+
+    def lease_owner(self, workflow_id: str) -> str | None:
+        with self.read() as conn:
+            return wf.lease_owner(conn, workflow_id)
+
+    def release_lease(self, fence: Fence) -> None:
+        with self.write() as conn:
+            wf.release_lease_txn(conn, fence)
+
+    # ------------------------------------------------------------------ run commits
+
+    def _commit(
+        self, run: RunDraft, fence: Fence | None, *,
+        reserve: Sequence[Reservation] | None = None, subscribed: Sequence[str] = (),
+        in_flight: MutationDraft | None = None, settle: Settle | None = None,
+        publishes: Sequence[EventDraft] = (), state: StateUpdate | None = None,
+        finish_events: EventStatus | None = None, sleep: Sleep | None = None,
+        wake: bool = False, workflow_status: tuple[WorkflowStatus, str] | None = None,
+        point: str,
+    ) -> tuple[PublishReport, MutationRecord | None]:
+        now = self.clock()
+        report = PublishReport()
+        mutation: MutationRecord | None = None
+        with self.write() as conn:
+            if fence is not None:
+                wf.check_fence_txn(conn, fence, LEASE_TTL, now)
+            runs.flush_run_txn(conn, run, now)
+            if reserve:
+                ev.reserve_txn(conn, run.workflow_id, run.id, reserve, subscribed, now)
+            if settle is not None:
+                mutation = ledger.settle_txn(
+                    conn, settle.mutation_id, settle.status, now, result=settle.result,
+                    error=settle.error, resolved_by=settle.resolved_by,
+                    reconcile_attempted=settle.reconcile_attempted)
+            if in_flight is not None:
+                mutation = ledger.get(conn, ledger.record_in_flight_txn(conn, in_flight, now))
+            if publishes:
+                report = ev.publish_txn(conn, run.workflow_id, run.id, publishes, now)
+            if state is not None:
+                runs.save_state_txn(conn, run.workflow_id, state, run.id, now)
+            if finish_events is not None:
+                ev.finish_reservations_txn(conn, run.id, finish_events, now)
+            if sleep is not None:
+                runs.set_sleep_txn(conn, run.workflow_id, run.handler, sleep.until,
+                                   sleep.watermark, now)
+            elif wake:
+                runs.set_sleep_txn(conn, run.workflow_id, run.handler, None, None, now)
+            if workflow_status is not None:
+                wf.set_status_txn(conn, run.workflow_id, workflow_status[0], workflow_status[1],
+                                  now)
+            faults.point(f"{point}.mid_commit")
+        run.mark_flushed()
+        faults.point(f"{point}.after_commit")
+        return report, mutation
+
+    def commit_producer_run(self, run: RunDraft, fence: Fence | None,
+                            publishes: Sequence[EventDraft], state: StateUpdate | None
+                            ) -> PublishReport:
+        """SPEC §4: publishes, new state and the run record in one transaction."""
+        return self._commit(run, fence, publishes=publishes, state=state,
+                            point="producer_commit")[0]
+
+    def record_in_flight(self, run: RunDraft, fence: Fence | None, draft: MutationDraft, *,
+                         reserve: Sequence[Reservation] | None = None,
+                         subscribed: Sequence[str] = ()) -> MutationRecord:
+        """SPEC §6 step 2 (and §5.1 on a run's first mutation): the PrepareResult, the
+        reservations and the ``in_flight`` attempt, durable before the external call."""
+        mutation = self._commit(run, fence, reserve=reserve, subscribed=subscribed,
+                                in_flight=draft, point="in_flight")[1]
+        assert mutation is not None
+        return mutation
+
+    def settle_mutation(self, run: RunDraft, fence: Fence | None, settle: Settle, *,
+                        workflow_status: tuple[WorkflowStatus, str] | None = None
+                        ) -> MutationRecord:
+        """SPEC §6 steps 3–6: the attempt's outcome and the run's new status together."""
+        mutation = self._commit(run, fence, settle=settle, workflow_status=workflow_status,
+                                point=f"settle_{settle.status.value}")[1]
+        assert mutation is not None
+        return mutation
+
+    def commit_consumer_run(
+        self, run: RunDraft, fence: Fence | None, *, publishes: Sequence[EventDraft],
+        state: StateUpdate | None, outcome: EventStatus,
+        reserve: Sequence[Reservation] | None = None, subscribed: Sequence[str] = (),
+        sleep: Sleep | None = None,
+    ) -> PublishReport:
+        """SPEC §5.3: publishes, state, reserved events → consumed/skipped, run → committed."""
+        return self._commit(
+            run, fence, reserve=reserve, subscribed=subscribed, publishes=publishes,
+            state=state, finish_events=outcome, sleep=sleep, wake=sleep is None,
+            point="consumer_commit")[0]
+
+    def record_run(self, run: RunDraft, fence: Fence | None, *,
+                   reserve: Sequence[Reservation] | None = None, subscribed: Sequence[str] = (),
+                   workflow_status: tuple[WorkflowStatus, str] | None = None) -> None:
+        """Persist a run at a point with no other effect (failure, suspension, prepared)."""
+        self._commit(run, fence, reserve=reserve, subscribed=subscribed,
+                     workflow_status=workflow_status, point="record_run")
+
+    # ------------------------------------------------------------------ reads for the executor
+
+    def load_state(self, workflow_id: str, handler: str) -> tuple[bool, Any]:
+        with self.read() as conn:
+            return runs.load_state(conn, workflow_id, handler)
+
+    def peek(self, workflow_id: str, topic: str, limit: int) -> list[EventRecord]:
+        with self.read() as conn:
+            return ev.peek(conn, workflow_id, topic, limit)
+
+    def events_by_ids(self, workflow_id: str, topic: str, ids: Sequence[str]
+                      ) -> dict[str, EventRecord]:
+        with self.read() as conn:
+            return ev.by_message_ids(conn, workflow_id, topic, ids)
+
+    def check_reservations(self, workflow_id: str, run_id: str, wanted: Sequence[Reservation],
+                           subscribed: Sequence[str]) -> list[EventRecord]:
+        with self.read() as conn:
+            return ev.check_reservations(conn, workflow_id, run_id, wanted, subscribed)
+
+    def newest_event_id(self, workflow_id: str, topics: Sequence[str]) -> int:
+        with self.read() as conn:
+            return ev.newest_id(conn, workflow_id, topics)
+
+    def existing_events(self, workflow_id: str, drafts: Sequence[EventDraft]
+                        ) -> dict[tuple[str, str], str]:
+        """(topic, messageId) → payload hash of the drafts that already exist."""
+        out: dict[tuple[str, str], str] = {}
+        with self.read() as conn:
+            by_topic: dict[str, list[str]] = {}
+            for d in drafts:
+                by_topic.setdefault(d.topic, []).append(d.message_id)
+            for topic, ids in by_topic.items():
+                for mid, sha in ev.payload_hashes(conn, workflow_id, topic, ids).items():
+                    out[(topic, mid)] = sha
+        return out
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with self.read() as conn:
+            return runs.get(conn, run_id)
+
+    def get_workflow(self, name_or_id: str) -> WorkflowRecord:
+        with self.read() as conn:
+            return wf.get(conn, name_or_id)
+
+    def get_version(self, version_id: str) -> VersionRecord:
+        with self.read() as conn:
+            return wf.version(conn, version_id)
+
+    def reserved_titles(self, run_id: str) -> list[str]:
+        with self.read() as conn:
+            return ev.reserved_titles(conn, run_id)
+
+    def active_runs(self, workflow_id: str) -> list[tuple[str, str, str]]:
+        with self.read() as conn:
+            return runs.active_runs(conn, workflow_id)
+
+    def unfinished_runs(self) -> list[RunRecord]:
+        with self.read() as conn:
+            return [runs.get(conn, i) for i in runs.runs_with_status(conn, UNFINISHED)]
+
+    def mutations_of(self, run_id: str) -> list[MutationRecord]:
+        with self.read() as conn:
+            return ledger.for_run(conn, run_id)
+
+    def mutations_with_status(self, status: LedgerStatus) -> list[MutationRecord]:
+        with self.read() as conn:
+            return ledger.with_status(conn, status)
+
+    # ------------------------------------------------------------------ scheduling reads
+
+    def ready_consumers(self, workflow_id: str, consumers: dict[str, Sequence[str]],
+                        now: datetime) -> list[tuple[int, str]]:
+        """(oldest pending event id, consumer) of every ready consumer, oldest first.
+
+        SPEC §7.3: ready = a subscribed topic has pending unreserved events and the consumer is
+        not asleep; a sleeping consumer wakes when an event newer than its watermark arrives
+        or its backoff timeout passes.
+        """
+        ready: list[tuple[int, str]] = []
+        with self.read() as conn:
+            for name, topics in consumers.items():
+                oldest, newest = ev.ready_window(conn, workflow_id, list(topics))
+                if oldest is None or newest is None:
+                    continue
+                until, watermark = runs.sleep_info(conn, workflow_id, name)
+                asleep = until is not None and now < until and (
+                    watermark is not None and newest <= watermark)
+                if not asleep:
+                    ready.append((oldest, name))
+        return sorted(ready)
+
+    # ------------------------------------------------------------------ operations of people
+
+    def create_workflow(self, name: str, actor: str) -> WorkflowRecord:
+        with self.write() as conn:
+            rec = wf.create_txn(conn, name, self.clock())
+            wf.audit_txn(conn, actor=actor, action="workflow.create", target_type="workflow",
+                         target_id=rec.id, after={"name": name}, now=self.clock())
+            return rec
+
+    def add_version(self, workflow_id: str, *, source: str, source_sha256: str,
+                    manifest: dict[str, Any], findings: list[dict[str, Any]], created_by: str,
+                    bump: str = "major") -> VersionRecord:
+        with self.write() as conn:
+            before = wf.get(conn, workflow_id).current_version_id
+            rec = wf.add_version_txn(conn, workflow_id, source=source,
+                                     source_sha256=source_sha256, manifest=manifest,
+                                     findings=findings, created_by=created_by, bump=bump,
+                                     now=self.clock())
+            wf.audit_txn(conn, actor=created_by, action="workflow.deploy",
+                         target_type="workflow", target_id=workflow_id,
+                         before={"versionId": before},
+                         after={"versionId": rec.id, "version": rec.label}, now=self.clock())
+            return rec
+
+    def find_workflow(self, name: str) -> WorkflowRecord | None:
+        with self.read() as conn:
+            return wf.find(conn, name)
+
+    def list_workflows(self) -> list[WorkflowRecord]:
+        with self.read() as conn:
+            return wf.list_all(conn)
+
+    def skip_event(self, workflow_id: str, topic: str, message_id: str, actor: str
+                   ) -> EventRecord:
+        now = self.clock()
+        with self.write() as conn:
+            before = ev.by_message_ids(conn, workflow_id, topic, [message_id]).get(message_id)
+            rec = ev.skip_event_txn(conn, workflow_id, topic, message_id, actor, now)
+            wf.audit_txn(conn, actor=actor, action="event.skip", target_type="event",
+                         target_id=f"{workflow_id}/{topic}/{message_id}",
+                         before={"status": before.status.value if before else None},
+                         after={"status": rec.status.value}, now=now)
+            return rec
+
+    def audit_entries(self, target_type: str | None = None, target_id: str | None = None
+                      ) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            return wf.audit_entries(conn, target_type, target_id)

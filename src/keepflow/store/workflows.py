@@ -1,0 +1,173 @@
+"""Every SQL statement about workflows, script versions, leases and the audit log."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, or_, select, update
+
+from keepflow.errors import LeaseLost, NotFound
+from keepflow.ids import new_id
+from keepflow.model import Fence, VersionRecord, WorkflowRecord, WorkflowStatus
+from keepflow.store import rows
+from keepflow.store.schema import audit_log, script_versions, workflows
+
+
+def get(conn: Connection, name_or_id: str) -> WorkflowRecord:
+    row = conn.execute(
+        select(workflows).where(or_(workflows.c.name == name_or_id, workflows.c.id == name_or_id))
+    ).mappings().first()
+    if row is None:
+        raise NotFound(f"no workflow named '{name_or_id}' (see `keepflow workflows`)")
+    return rows.workflow(row)
+
+
+def find(conn: Connection, name: str) -> WorkflowRecord | None:
+    row = conn.execute(select(workflows).where(workflows.c.name == name)).mappings().first()
+    return rows.workflow(row) if row else None
+
+
+def list_all(conn: Connection) -> list[WorkflowRecord]:
+    return [rows.workflow(r) for r in conn.execute(
+        select(workflows).order_by(workflows.c.name)).mappings()]
+
+
+def create_txn(conn: Connection, name: str, now: datetime) -> WorkflowRecord:
+    wid = new_id()
+    conn.execute(insert(workflows).values(
+        id=wid, name=name, status=WorkflowStatus.ACTIVE.value, fence=0,
+        created_at=now, updated_at=now))
+    return get(conn, wid)
+
+
+def add_version_txn(
+    conn: Connection, workflow_id: str, *, source: str, source_sha256: str,
+    manifest: dict[str, Any], findings: list[dict[str, Any]], created_by: str, bump: str,
+    now: datetime,
+) -> VersionRecord:
+    """A new script version; ``bump`` is ``major`` (Planner / person) or ``minor`` (repair)."""
+    latest = conn.execute(
+        select(script_versions.c.major, script_versions.c.minor)
+        .where(script_versions.c.workflow_id == workflow_id)
+        .order_by(script_versions.c.major.desc(), script_versions.c.minor.desc()).limit(1)
+    ).first()
+    if latest is None:
+        major, minor = 1, 0
+    elif bump == "minor":
+        major, minor = latest.major, latest.minor + 1
+    else:
+        major, minor = latest.major + 1, 0
+    vid = new_id()
+    conn.execute(insert(script_versions).values(
+        id=vid, workflow_id=workflow_id, major=major, minor=minor, source=source,
+        source_sha256=source_sha256, manifest=manifest, findings=findings,
+        created_by=created_by, created_at=now))
+    conn.execute(update(workflows).where(workflows.c.id == workflow_id)
+                 .values(current_version_id=vid, updated_at=now))
+    return version(conn, vid)
+
+
+def version(conn: Connection, version_id: str) -> VersionRecord:
+    row = conn.execute(
+        select(script_versions).where(script_versions.c.id == version_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"no script version {version_id}")
+    return rows.version(row)
+
+
+def versions(conn: Connection, workflow_id: str) -> list[VersionRecord]:
+    q = select(script_versions).where(script_versions.c.workflow_id == workflow_id) \
+        .order_by(script_versions.c.major, script_versions.c.minor)
+    return [rows.version(r) for r in conn.execute(q).mappings()]
+
+
+def set_status_txn(conn: Connection, workflow_id: str, status: WorkflowStatus,
+                   reason: str | None, now: datetime) -> None:
+    conn.execute(update(workflows).where(workflows.c.id == workflow_id)
+                 .values(status=status.value, status_reason=reason, updated_at=now))
+
+
+# ------------------------------------------------------------------------------ leases (§13)
+
+
+def acquire_lease_txn(conn: Connection, workflow_id: str, owner: str, ttl: timedelta,
+                      now: datetime, *, stale_owner: str | None = None) -> Fence | None:
+    """Take the workflow's lease if it is free, expired, already ours, or held by
+    ``stale_owner`` (a process known to be dead); bump the fence."""
+    free = [workflows.c.lease_owner.is_(None), workflows.c.lease_owner == owner,
+            workflows.c.lease_expires_at < now]
+    if stale_owner is not None:
+        free.append(workflows.c.lease_owner == stale_owner)
+    n = conn.execute(
+        update(workflows)
+        .where(workflows.c.id == workflow_id, or_(*free))
+        .values(lease_owner=owner, lease_expires_at=now + ttl, fence=workflows.c.fence + 1)
+    ).rowcount
+    if n != 1:
+        return None
+    token = conn.execute(select(workflows.c.fence).where(workflows.c.id == workflow_id)).scalar()
+    return Fence(workflow_id=workflow_id, owner=owner, token=int(token or 0))
+
+
+def lease_owner(conn: Connection, workflow_id: str) -> str | None:
+    owner: str | None = conn.execute(
+        select(workflows.c.lease_owner).where(workflows.c.id == workflow_id)).scalar()
+    return owner
+
+
+def check_fence_txn(conn: Connection, fence: Fence, ttl: timedelta, now: datetime) -> None:
+    """Refuse the commit unless we still hold the lease; renews it (SPEC §13).
+
+    On PostgreSQL the UPDATE also locks the workflow row until commit, so a takeover waits for
+    an in-progress commit and never interleaves with it.
+    """
+    n = conn.execute(
+        update(workflows)
+        .where(workflows.c.id == fence.workflow_id, workflows.c.fence == fence.token,
+               workflows.c.lease_owner == fence.owner)
+        .values(lease_expires_at=now + ttl)
+    ).rowcount
+    if n != 1:
+        raise LeaseLost(
+            f"this host lost the lease of workflow {fence.workflow_id}; its commit was refused"
+        )
+
+
+def release_lease_txn(conn: Connection, fence: Fence) -> None:
+    conn.execute(
+        update(workflows)
+        .where(workflows.c.id == fence.workflow_id, workflows.c.fence == fence.token,
+               workflows.c.lease_owner == fence.owner)
+        .values(lease_owner=None, lease_expires_at=None)
+    )
+
+
+# ------------------------------------------------------------------------------ audit (§12)
+
+
+def audit_txn(conn: Connection, *, actor: str, action: str, target_type: str, target_id: str,
+              before: Any = None, after: Any = None, detail: str | None = None,
+              now: datetime) -> None:
+    conn.execute(insert(audit_log).values(
+        at=now, actor=actor, action=action, target_type=target_type, target_id=target_id,
+        before=before, after=after, detail=detail))
+
+
+def audit_entries(conn: Connection, target_type: str | None = None,
+                  target_id: str | None = None) -> list[dict[str, Any]]:
+    q = select(audit_log).order_by(audit_log.c.id)
+    if target_type:
+        q = q.where(audit_log.c.target_type == target_type)
+    if target_id:
+        q = q.where(audit_log.c.target_id == target_id)
+    return [
+        {"at": r["at"].isoformat(), "actor": r["actor"], "action": r["action"],
+         "targetType": r["target_type"], "targetId": r["target_id"], "before": r["before"],
+         "after": r["after"], "detail": r["detail"]}
+        for r in conn.execute(q).mappings()
+    ]
+
+
+def count(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(workflows)).scalar() or 0)

@@ -1,0 +1,113 @@
+"""The stable JSON shapes of workflows, events and runs, shared by the CLI and the API.
+
+Field names are a contract (documented in ``docs/cli.md``): add fields, never rename them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection
+
+from keepflow.model import EventRecord, MutationRecord, RunRecord, VersionRecord, WorkflowRecord
+from keepflow.store import events as ev
+from keepflow.store import ledger, queries, runs
+
+
+def iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def workflow_view(wf: WorkflowRecord, version: VersionRecord | None,
+                  counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    manifest = version.manifest if version else {}
+    return {
+        "id": wf.id,
+        "name": wf.name,
+        "status": wf.status.value,
+        "statusReason": wf.status_reason,
+        "version": version.label if version else None,
+        "versionId": version.id if version else None,
+        "topics": {t: counts.get(t, {"pending": 0, "consumed": 0, "skipped": 0})
+                   for t in manifest.get("topics", [])},
+        "producers": sorted(manifest.get("producers", {})),
+        "consumers": sorted(manifest.get("consumers", {})),
+        "createdAt": iso(wf.created_at),
+        "updatedAt": iso(wf.updated_at),
+    }
+
+
+def event_view(e: EventRecord, *, with_payload: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "topic": e.topic,
+        "messageId": e.message_id,
+        "title": e.title,
+        "status": e.status.value,
+        "attempt": e.attempt,
+        "reservedBy": e.reserved_by,
+        "createdBy": e.created_by,
+        "createdAt": iso(e.created_at),
+        "updatedAt": iso(e.updated_at),
+    }
+    if with_payload:
+        out["payload"] = e.payload
+    return out
+
+
+def event_detail(conn: Connection, e: EventRecord) -> dict[str, Any]:
+    """SPEC §12: every run that reserved it, with the attempt it processed and its outcome."""
+    reservations = ev.event_reservations(conn, e.id)
+    status = queries.run_status_of(conn, [r["runId"] for r in reservations])
+    for r in reservations:
+        r["runStatus"] = status.get(r["runId"])
+    return event_view(e) | {"history": ev.history(conn, e.id), "reservations": reservations}
+
+
+def mutation_view(m: MutationRecord) -> dict[str, Any]:
+    return {
+        "attempt": m.attempt,
+        "status": m.status.value,
+        "connection": m.connection,
+        "tool": m.tool,
+        "description": m.description,
+        "idempotencyKey": m.idempotency_key,
+        "params": m.params,
+        "result": m.result,
+        "error": m.error,
+        "canReconcile": m.can_reconcile,
+        "reconcileAttempts": m.reconcile_attempts,
+        "resolvedBy": m.resolved_by,
+        "createdAt": iso(m.created_at),
+        "updatedAt": iso(m.updated_at),
+    }
+
+
+def run_view(conn: Connection, r: RunRecord, *, detail: bool = False) -> dict[str, Any]:
+    failure = r.failure or {}
+    out: dict[str, Any] = {
+        "id": r.id,
+        "workflowId": r.workflow_id,
+        "versionId": r.version_id,
+        "handler": r.handler,
+        "kind": r.kind.value,
+        "status": r.status.value,
+        "suspendReason": r.suspend_reason.value if r.suspend_reason else None,
+        "trigger": r.trigger,
+        "createdAt": iso(r.created_at),
+        "finishedAt": iso(r.finished_at),
+        "failureClass": failure.get("class"),
+        "failureMessage": failure.get("message"),
+        "transitions": runs.transitions(conn, r.id),
+        "mutations": [mutation_view(m) for m in ledger.for_run(conn, r.id)],
+    }
+    if detail:
+        out |= {
+            "failure": r.failure,
+            "prepared": r.prepared,
+            "mutationResult": r.mutation_result,
+            "reservations": queries.run_reservations(conn, r.id),
+            "published": queries.events_created_by(conn, r.id),
+            "toolCalls": runs.run_tool_calls(conn, r.id),
+            "logs": runs.logs(conn, r.id),
+        }
+    return out

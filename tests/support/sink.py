@@ -1,0 +1,163 @@
+"""A real HTTP server on loopback standing in for an external system.
+
+It records every mutation by its ``Idempotency-Key`` (the external system's own record, which
+tests compare with keepflow's ledger) and follows a *plan*: a queue of behaviours consumed one
+per mutating request, e.g. ``["apply_then_timeout", "ok"]``. Reconcile lookups are
+``GET /records/<key>``: 200 with the record if it was applied, 404 if not, or whatever the
+``lookup_plan`` says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+BEHAVIOURS = {
+    "ok",  # apply, 201
+    "apply_then_timeout",  # apply, then hang past the client's timeout
+    "timeout",  # do not apply, hang past the client's timeout
+    "reject_400", "reject_403", "reject_401", "reject_404", "unavailable_503", "error_500",
+    "apply_then_500",  # apply, then answer 500 (ambiguous)
+    "close",  # read the request and close the connection without answering (not applied)
+    "apply_then_kill",  # apply, then SIGKILL the process ``kill_pid`` mid-request
+}
+
+
+@dataclass
+class Applied:
+    key: str
+    path: str
+    body: Any
+    seq: int
+    at: float
+
+
+@dataclass
+class Sink:
+    hang_seconds: float = 3.0
+    plan: deque[str] = field(default_factory=deque)
+    lookup_plan: deque[str] = field(default_factory=deque)
+    applied: list[Applied] = field(default_factory=list)
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+    kill_pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def set_plan(self, *behaviours: str) -> None:
+        for b in behaviours:
+            assert b in BEHAVIOURS, b
+        with self.lock:
+            self.plan = deque(behaviours)
+
+    def applied_keys(self) -> list[str]:
+        with self.lock:
+            return [a.key for a in self.applied]
+
+    def applied_bodies(self) -> list[Any]:
+        with self.lock:
+            return [a.body for a in self.applied]
+
+    def record(self, key: str) -> Applied | None:
+        with self.lock:
+            return next((a for a in self.applied if a.key == key), None)
+
+    def start(self) -> Sink:
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _body(self) -> Any:
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n) if n else b""
+                try:
+                    return json.loads(raw) if raw else None
+                except ValueError:
+                    return raw.decode(errors="replace")
+
+            def _reply(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                sink.requests.append(("GET", self.path, None))
+                if self.path.startswith("/records/"):
+                    key = self.path.split("/records/", 1)[1]
+                    with sink.lock:
+                        forced = sink.lookup_plan.popleft() if sink.lookup_plan else None
+                    if forced == "unavailable_503":
+                        self._reply(503, {"error": "busy"})
+                        return
+                    rec = sink.record(key)
+                    if rec is None:
+                        self._reply(404, {"error": "no such record"})
+                    else:
+                        self._reply(200, {"id": rec.seq, "key": key, "body": rec.body})
+                    return
+                self._reply(200, {"path": self.path, "items": [1, 2, 3]})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self._body()
+                key = self.headers.get("Idempotency-Key")
+                sink.requests.append(("POST", self.path, key))
+                with sink.lock:
+                    behaviour = sink.plan.popleft() if sink.plan else "ok"
+                if behaviour in ("ok", "apply_then_timeout", "apply_then_500", "apply_then_kill"):
+                    with sink.lock:
+                        seq = len(sink.applied) + 1
+                        sink.applied.append(Applied(key or "", self.path, body, seq, time.time()))
+                    if behaviour == "apply_then_timeout":
+                        time.sleep(sink.hang_seconds)
+                        self.close_connection = True
+                        return
+                    if behaviour == "apply_then_kill" and sink.kill_pid:
+                        os.kill(sink.kill_pid, signal.SIGKILL)
+                        self.close_connection = True
+                        return
+                    if behaviour == "apply_then_500":
+                        self._reply(500, {"error": "internal"})
+                        return
+                    self._reply(201, {"id": seq, "key": key})
+                    return
+                if behaviour == "timeout":
+                    time.sleep(sink.hang_seconds)
+                    self.close_connection = True
+                    return
+                if behaviour == "close":
+                    self.close_connection = True
+                    return
+                status = int(behaviour.rsplit("_", 1)[1])
+                self._reply(status, {"error": behaviour})
+
+            do_PUT = do_POST  # noqa: N815
+            do_PATCH = do_POST  # noqa: N815
+            do_DELETE = do_POST  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
