@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from tests.support.sink import Sink
 
 from keepflow import service
 from keepflow.connectors.base import ConnectionConfig
@@ -28,7 +29,6 @@ from keepflow.runtime.host import Host
 from keepflow.sandbox.api import HostCall, Invocation, Reply, Resolve
 from keepflow.sandbox.pool import SandboxPool
 from keepflow.settings import Settings
-from tests.support.sink import Sink
 
 SCRIPT = """
 // A typical small workflow: ~50 lines.

@@ -28,7 +28,7 @@ def pg_admin_url() -> Iterator[str]:
         return
     try:
         cluster = postgres.start_cluster()
-    except Exception as exc:  # noqa: BLE001 - any reason means "no PostgreSQL here"
+    except Exception as exc:
         if IN_CI:
             pytest.fail(f"PostgreSQL is required in CI but could not be started: {exc}")
         pytest.skip(f"PostgreSQL not available here ({exc}); these tests run in CI")

@@ -31,14 +31,14 @@ class Accounting(BaseHTTPRequestHandler):
     received: dict[str, dict[str, object]] = {}
     lock = threading.Lock()
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         key = self.headers.get("Idempotency-Key", "")
         with self.lock:
             record = self.received.setdefault(key, {"id": len(self.received) + 1, **body})
         self._reply(201, record)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         key = self.path.rsplit("/", 1)[-1]
         with self.lock:
             record = self.received.get(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +51,11 @@ def friendly(fn: F) -> F:
             _fail(exc.message, EXIT_USAGE if exc.code == "usage" else EXIT_REFUSED)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except Exception as exc:  # a bug: still one line, with the way to get details
+            if os.environ.get("KEEPFLOW_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set KEEPFLOW_DEBUG=1 for the "
+                  "traceback, and please report it)")
 
     return wrapper  # type: ignore[return-value]
 

@@ -124,7 +124,8 @@ def _refuse_if_busy(host: Host, wf: WorkflowRecord) -> None:
 
 def trigger(host: Host, workflow: str, handler: str) -> RunOutcome:
     """One run of one handler now, in this process (manual trigger: works when paused)."""
-    recover(host, host.store.get_workflow(workflow).id)
+    host.store.get_workflow(workflow)  # an unknown name is refused before anything runs
+    recover(host)  # SPEC §5.5: on every start
     wf, version, manifest = _current(host, workflow)
     if handler not in manifest.producers and handler not in manifest.consumers:
         known = ", ".join(sorted([*manifest.producers, *manifest.consumers]))

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from tests.support.sink import Sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

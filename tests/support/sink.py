@@ -98,7 +98,7 @@ class Sink:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 sink.requests.append(("GET", self.path, None))
                 if self.path.startswith("/records/"):
                     key = self.path.split("/records/", 1)[1]
@@ -115,7 +115,7 @@ class Sink:
                     return
                 self._reply(200, {"path": self.path, "items": [1, 2, 3]})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self._body()
                 key = self.headers.get("Idempotency-Key")
                 sink.requests.append(("POST", self.path, key))
@@ -148,9 +148,9 @@ class Sink:
                 status = int(behaviour.rsplit("_", 1)[1])
                 self._reply(status, {"error": behaviour})
 
-            do_PUT = do_POST  # noqa: N815
-            do_PATCH = do_POST  # noqa: N815
-            do_DELETE = do_POST  # noqa: N815
+            do_PUT = do_POST
+            do_PATCH = do_POST
+            do_DELETE = do_POST
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -280,10 +280,10 @@ class Executor:
             return self._outcome(run, last.status)
         if (last is not None and last.status is LedgerStatus.FAILED
                 and rec.status is not RunStatus.FAILED):
-            cause = ledger.failure_of(last)
-            if not cause.retryable:
+            recorded = ledger.failure_of(last)
+            if not recorded.retryable:
                 # The host stopped while recording this failure: record it, never re-send.
-                return self._fail(scope, cause, Phase.MUTATE, {"prepared": prepared})
+                return self._fail(scope, recorded, Phase.MUTATE, {"prepared": prepared})
         # No ledger entry, or the last attempt definitely failed: run mutate (SPEC §5.2, §5.5).
         failed = sum(1 for m in muts if m.status is LedgerStatus.FAILED)
         return self._mutate(scope, prepared, attempt=(last.attempt + 1) if last else 1,

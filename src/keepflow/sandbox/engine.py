@@ -22,11 +22,18 @@ from typing import Any
 import quickjs
 
 from keepflow.sandbox import failures
-from keepflow.sandbox.native import EngineHooks
+from keepflow.sandbox.native import DISPATCH_GLOBAL, EngineHooks
 
 PRELUDE = importlib.resources.files("keepflow.sandbox").joinpath("prelude.js").read_text("utf-8")
 #: The worker's JS thread has a 64 MiB stack; the engine's own guard must stay well inside it.
 MAX_STACK_BYTES = 32 * 1024 * 1024
+#: The cached prelude starts at this line: any stack position beyond the user's script is ours.
+#: (A script this long falls back to evaluating the prelude right after its last line.)
+PRELUDE_FIRST_LINE = 1_000_001
+_TAKE_DISPATCH = (
+    f"(() => {{ const d = globalThis.{DISPATCH_GLOBAL}; delete globalThis.{DISPATCH_GLOBAL};"
+    " return d; })()"
+)
 #: Extra heap granted to the prelude after an out-of-memory, so it can still hand over logs.
 _RESCUE_HEAP = 16 * 1024 * 1024
 
@@ -79,16 +86,26 @@ class Session:
         self._ctx: Any = quickjs.Context()
         self._ctx.set_memory_limit(self.memory)
         self._ctx.set_max_stack_size(min(int(limits["stack_bytes"]), MAX_STACK_BYTES))
+        self._bridge: Any = None
+        try:
+            self._bridge = self._load_prelude()
+            self._call("init", str(self.user_lines))
+            if hooks.available:
+                hooks.attach(self._ctx, self._call("recorder"))
+            module_promise = self._enter(self._ctx.module, source)
+            self._call("watch", module_promise)
+            del module_promise
+            self.drain()
+        except BaseException:
+            self.close()
+            raise
+
+    def _load_prelude(self) -> Any:
         # The prelude starts after the user's last line, so a stack position tells whose code
         # it is in (the binding names both sources "<input>").
-        self._bridge: Any = self._enter(self._ctx.eval, "\n" * self.user_lines + PRELUDE)
-        self._call("init")
-        if hooks.available:
-            hooks.attach(self._ctx, self._call("recorder"))
-        module_promise = self._enter(self._ctx.module, source)
-        self._call("watch", module_promise)
-        del module_promise
-        self.drain()
+        if self.user_lines < PRELUDE_FIRST_LINE and self._hooks.load_prelude(self._ctx):
+            return self._ctx.eval(_TAKE_DISPATCH)  # before any user code exists
+        return self._enter(self._ctx.eval, "\n" * self.user_lines + PRELUDE)
 
     # ------------------------------------------------------------------ entering the engine
     def cpu_used(self) -> float:
@@ -176,6 +193,8 @@ class Session:
     def rescue(self) -> Poll | None:
         """After an engine failure: what the prelude recorded (logs, and a failure that came
         first, e.g. too many host calls before the loop that used up the CPU)."""
+        if self._ctx is None or self._bridge is None:
+            return None
         try:
             self._ctx.set_memory_limit(self.memory + _RESCUE_HEAP)
             self._ctx.set_time_limit(0.25)
@@ -204,3 +223,15 @@ class Session:
         self._bridge = None
         self._ctx = None
 
+
+
+def cached_prelude_source() -> str:
+    """The prelude as compiled once per worker: at a fixed line, storing its dispatch
+    function in a global that the driver takes away before user code runs."""
+    return "\n" * (PRELUDE_FIRST_LINE - 1) + f"globalThis.{DISPATCH_GLOBAL} = " + PRELUDE
+
+
+def prepare(hooks: EngineHooks) -> None:
+    """Once per worker: compile the prelude (a no-op where the engine hooks are unavailable)."""
+    if hooks.available:
+        hooks.prepare_prelude(quickjs.Context(), cached_prelude_source())

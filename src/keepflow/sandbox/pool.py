@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from keepflow.errors import SandboxCrashed, SandboxLimitExceeded
+from keepflow.errors import SandboxCrashed, SandboxLimitExceeded, ScriptError
 from keepflow.sandbox import failures
 from keepflow.sandbox.api import (
     HostCall,
@@ -103,6 +103,20 @@ class _Run:
         )
 
 
+def _check_source(source: str) -> None:
+    """The engine takes C strings: a NUL would silently cut the script short."""
+    if "\x00" in source:
+        line = source.count("\n", 0, source.index("\x00")) + 1
+        raise ScriptError("the script contains a NUL character", js_name="SyntaxError",
+                          line=line)
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        line = source.count("\n", 0, exc.start) + 1
+        raise ScriptError("the script is not valid Unicode (a lone surrogate)",
+                          js_name="SyntaxError", line=line) from None
+
+
 def _host_call(c: dict[str, Any]) -> HostCall:
     return HostCall(
         seq=int(c["seq"]), target=c["target"], args=tuple(c["args"]),
@@ -149,7 +163,11 @@ class SandboxPool:
             if proc is None:
                 proc = self._spawn()
             if proc.alive():
-                proc.wait_ready(self._startup_timeout)
+                try:
+                    proc.wait_ready(self._startup_timeout)
+                except BaseException:
+                    self._discard(proc)
+                    raise
                 return proc
             self._discard(proc)  # died while idle: not this invocation's fault
 
@@ -187,6 +205,7 @@ class SandboxPool:
         """Run one handler (SPEC §4, §5). Errors carry the logs so far as ``exc.logs``."""
         run = _Run(inv, on_log)
         try:
+            _check_source(inv.source)
             proc = self._acquire()
         except BaseException as exc:
             exc.logs = run.logs  # type: ignore[attr-defined]
@@ -290,12 +309,14 @@ class SandboxPool:
         Raises ScriptError for a syntax error (with line/column) or a top-level throw.
         """
         limits = limits or SandboxLimits()
+        _check_source(source)
         proc = self._acquire()
         try:
             wall = _WallClock(limits.wall_seconds)
             proc.send({"op": "describe", "limits": _limits_dict(limits)}, source)
             header, payload = wall.recv(proc)
             proc.in_sync = True
+            proc.retire = proc.retire or bool(header.get("retire"))
             if header.get("type") == "error":
                 raise failures.from_wire(header["error"])
             manifest: dict[str, Any] = json.loads(payload)["value"]

@@ -40,7 +40,10 @@
   const dateToISOString = Date.prototype.toISOString;
   const StringCtor = String;
   const stringSlice = String.prototype.slice;
+  const stringIndexOf = String.prototype.indexOf;
   const regexpExec = RegExp.prototype.exec;
+  const isPrototypeOf = Object.prototype.isPrototypeOf;
+  const ErrorProto = Error.prototype;
   const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
   const MAX_DEPTH = 64;
 
@@ -54,6 +57,7 @@
   // ------------------------------------------------------------------ private state
   const S = objectCreate(null);
   S.token = null; // secret the driver passes with every call
+  S.userLines = 0; // stack positions beyond this line are the prelude's
   S.registered = 0;
   S.def = undefined;
   S.loading = true;
@@ -273,15 +277,39 @@
   }
 
   // ------------------------------------------------------------------ logs
+  // The stack as the script's author should see it: without the prelude's frames.
+  function userStack(stack) {
+    let out = "";
+    let natives = ""; // native frames are kept only if a frame of the script follows
+    let start = 0;
+    while (start < stack.length) {
+      let end = apply(stringIndexOf, stack, ["\n", start]);
+      if (end < 0) end = stack.length;
+      const line = apply(stringSlice, stack, [start, end]);
+      start = end + 1;
+      if (line === "") continue;
+      const at = apply(stringIndexOf, line, ["<input>:"]);
+      if (at < 0) {
+        natives += "\n" + line;
+        continue;
+      }
+      const from = at + 8;
+      const colon = apply(stringIndexOf, line, [":", from]);
+      if (+apply(stringSlice, line, [from, colon]) > S.userLines) continue;
+      out += (out === "" ? apply(stringSlice, natives, [1]) : natives);
+      out += (out === "" ? "" : "\n") + line;
+      natives = "";
+    }
+    return out;
+  }
+
   function formatArg(v) {
     if (typeof v === "string") return v;
     try {
-      if (v !== null && typeof v === "object") {
+      if (v !== null && typeof v === "object" && apply(isPrototypeOf, ErrorProto, [v])) {
         const stack = v.stack;
-        const message = v.message;
-        if (typeof stack === "string" && typeof message === "string") {
-          return safeString(v) + "\n" + stack;
-        }
+        const frames = typeof stack === "string" ? userStack(stack) : "";
+        return safeString(v) + (frames !== "" ? "\n" + frames : "");
       }
       if (typeof v === "bigint") return safeString(v) + "n";
       const text = jsonStringify(v);
@@ -502,7 +530,13 @@
     }
     const problem = definitionProblem();
     if (problem !== null) { fatal("definition", problem); return "ok"; }
-    const found = resolveHandler(spec.handler);
+    let found;
+    try {
+      found = resolveHandler(spec.handler); // reads the definition: getters/proxies may throw
+    } catch (e) {
+      threw(e);
+      return "ok";
+    }
     if (typeof found === "string") { fatal("definition", found); return "ok"; }
     const args = jsonParse(argsText);
     const undefinedArgs = spec.undefinedArgs;
@@ -733,7 +767,7 @@
   function flat(text) { return apply(stringSlice, text, [0]); }
 
   return function dispatch(token, op, a, b) {
-    if (S.token === null && op === "init") { S.token = token; return "ok"; }
+    if (S.token === null && op === "init") { S.token = token; S.userLines = +a; return "ok"; }
     if (token !== S.token || S.token === null) return "denied";
     switch (op) {
       case "watch": watchModule(a); return "ok";

@@ -9,6 +9,7 @@ The worker gets a minimal environment: no credential of the host's environment r
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import keepflow
 from keepflow.errors import SandboxCrashed
 from keepflow.sandbox.protocol import ProtocolClosed, ProtocolTimeout, read_frame, write_frame
 
+log = logging.getLogger(__name__)
 _PACKAGE_ROOT = str(Path(keepflow.__file__).resolve().parent.parent)
 _EXIT_WAIT = 2.0
 
@@ -89,6 +91,9 @@ class WorkerProcess:
             self.kill()
             raise SandboxCrashed(f"the sandbox worker sent {header!r} instead of ready")
         self.engine_hooks = str(header.get("engine_hooks", "unknown"))
+        if self.engine_hooks != "on":
+            log.warning("sandbox engine hooks are off (%s): unhandled rejections are not "
+                        "reported and the prelude is compiled per invocation", self.engine_hooks)
         self.ready = True
 
     def send(self, header: dict[str, Any], *parts: str | bytes) -> None:

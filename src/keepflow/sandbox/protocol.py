@@ -24,11 +24,11 @@ _LENGTH = struct.Struct(">I")
 MAX_FRAME_BYTES = 1 << 30
 
 
-class ProtocolClosed(Exception):  # noqa: N818 - a condition, not a failure of ours
+class ProtocolClosed(Exception):
     """The other side closed its end of the pipe (it exited or died)."""
 
 
-class ProtocolTimeout(Exception):  # noqa: N818
+class ProtocolTimeout(Exception):
     """No complete frame arrived before the deadline."""
 
 

@@ -24,9 +24,9 @@ import time
 from typing import Any
 
 from keepflow.sandbox import failures
-from keepflow.sandbox.engine import EngineFailure, Poll, Session
-from keepflow.sandbox.protocol import ProtocolClosed, read_frame, split_parts, write_frame
+from keepflow.sandbox.engine import EngineFailure, Poll, Session, prepare
 from keepflow.sandbox.native import EngineHooks
+from keepflow.sandbox.protocol import ProtocolClosed, read_frame, split_parts, write_frame
 
 _JS_THREAD_STACK = 64 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -35,6 +35,11 @@ RETIRE_CPU_SECONDS = 600.0
 _RLIMIT_CPU_SECONDS = 1800
 #: Address space allowed beyond the current size and twice the JS heap limit.
 _AS_HEADROOM = 512 * 1024 * 1024
+#: CPU beyond an invocation's budget after which the watchdog gives up on the engine's
+#: interrupt (see :meth:`Worker.watch`).
+_WATCHDOG_GRACE = 0.5
+_WATCHDOG_PERIOD = 0.05
+_WATCHDOG_EXIT = 70
 
 
 def _die_with_parent(parent: int) -> None:
@@ -78,11 +83,51 @@ class Worker:
         self.out_fd = out_fd
         self.hooks = EngineHooks()
         self.broken = False
+        #: ``time.process_time()`` by which the current invocation must be done (None: idle).
+        self.cpu_deadline: float | None = None
+        self._write_lock = threading.Lock()
 
-    def send(self, header: dict[str, Any], *parts: str | bytes) -> None:
-        write_frame(self.out_fd, header, *parts)
+    def send(self, header: dict[str, Any], *parts: str | bytes, final: bool = False) -> None:
+        """Write a frame; ``final`` ends the invocation (the watchdog stands down first, so it
+        can never add a second answer)."""
+        with self._write_lock:
+            if final:
+                self.cpu_deadline = None
+            write_frame(self.out_fd, header, *parts)
+
+    def _session(self, source: str, limits: dict[str, Any]) -> Session:
+        self.cpu_deadline = time.process_time() + float(limits["cpu_seconds"])
+        return Session(source, limits, self.hooks)
+
+    def watch(self, thread: threading.Thread) -> None:
+        """The CPU watchdog, on the main thread while the JS thread serves.
+
+        The engine's CPU interrupt is uncatchable, but it must allocate its error object: a
+        script that exhausts the heap and swallows every out-of-memory error turns the interrupt
+        into one more catchable out-of-memory error and keeps running. If an invocation's CPU
+        time passes its budget by a margin, the watchdog reports the CPU limit itself and ends
+        the process (the pool replaces it).
+        """
+        while thread.is_alive():
+            thread.join(_WATCHDOG_PERIOD)
+            deadline = self.cpu_deadline
+            if deadline is None or time.process_time() < deadline + _WATCHDOG_GRACE:
+                continue
+            if self._write_lock.acquire(timeout=1.0):
+                if self.cpu_deadline != deadline:  # answered meanwhile
+                    self._write_lock.release()
+                    continue
+                with contextlib.suppress(ProtocolClosed, OSError):
+                    write_frame(
+                        self.out_fd,
+                        {"type": "error", "retire": True, "cpu": 0.0, "jobs": 0,
+                         "error": failures.limit("cpu", "the script used up its CPU time")},
+                        '{"logs":[]}',
+                    )
+            os._exit(_WATCHDOG_EXIT)
 
     def serve(self) -> None:
+        prepare(self.hooks)
         self.send({"type": "ready", "pid": os.getpid(),
                    "engine_hooks": self.hooks.problem or "on"})
         while True:
@@ -106,7 +151,7 @@ class Worker:
         }
 
     def _fail(self, error: dict[str, Any], session: Session | None, logs: str) -> None:
-        self.send({"type": "error", "error": error, **self._stats(session)}, logs)
+        self.send({"type": "error", "error": error, **self._stats(session)}, logs, final=True)
 
     def invoke(self, header: dict[str, Any], parts: list[bytes]) -> None:
         limits = header["limits"]
@@ -114,7 +159,7 @@ class Worker:
         source, args_json = parts[0].decode(), parts[1].decode()
         session: Session | None = None
         try:
-            session = Session(source, limits, self.hooks)
+            session = self._session(source, limits)
             self._run(session, header["spec"], args_json)
         except EngineFailure as failure:
             rescued = session.rescue() if session else None
@@ -129,6 +174,7 @@ class Worker:
             self._fail(failures.wire("LogicError", f"internal sandbox error: {exc!r}"), session,
                        '{"logs":[]}')
         finally:
+            self.cpu_deadline = None
             if session is not None:
                 session.close()
 
@@ -143,7 +189,7 @@ class Worker:
                 self.send({"type": "calls", **self._stats(session)}, poll.payload)
                 reply, payload = read_frame(self.in_fd)
                 if reply.get("op") != "replies":
-                    self.send({"type": "idle"})  # terminate/abort: drop the context unsettled
+                    self.send({"type": "idle"}, final=True)  # terminate/abort: drop the context
                     return
                 poll = session.settle(payload.decode())
                 continue
@@ -152,7 +198,7 @@ class Worker:
                 if unhandled:
                     self._fail(_unhandled(unhandled, session.user_lines), session, poll.payload)
                     return
-                self.send({"type": "result", **self._stats(session)}, poll.payload)
+                self.send({"type": "result", **self._stats(session)}, poll.payload, final=True)
                 return
             self._fail(
                 failures.wire(
@@ -170,12 +216,12 @@ class Worker:
         _address_space_backstop(int(limits["memory_bytes"]))
         session: Session | None = None
         try:
-            session = Session(source, limits, self.hooks)
+            session = self._session(source, limits)
             poll = session.manifest()
             if poll.state != "returned":
                 self._fail(session.failure_of(poll), session, poll.payload)
                 return
-            self.send({"type": "manifest", **self._stats(session)}, poll.payload)
+            self.send({"type": "manifest", **self._stats(session)}, poll.payload, final=True)
         except EngineFailure as failure:
             self._fail(failure.error, session, '{"logs":[]}')
         except Exception as exc:
@@ -183,6 +229,7 @@ class Worker:
             self._fail(failures.wire("LogicError", f"internal sandbox error: {exc!r}"), session,
                        '{"logs":[]}')
         finally:
+            self.cpu_deadline = None
             if session is not None:
                 session.close()
 
@@ -225,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     thread.start()
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork/exec from here on
-    thread.join()
+    worker.watch(thread)
     return 1 if failed else 0
 
 

@@ -8,7 +8,7 @@ of a run's work checks the workflow's fence (SPEC §13).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -286,7 +286,7 @@ class Store:
 
     # ------------------------------------------------------------------ scheduling reads
 
-    def ready_consumers(self, workflow_id: str, consumers: dict[str, Sequence[str]],
+    def ready_consumers(self, workflow_id: str, consumers: Mapping[str, Sequence[str]],
                         now: datetime) -> list[tuple[int, str]]:
         """(oldest pending event id, consumer) of every ready consumer, oldest first.
 

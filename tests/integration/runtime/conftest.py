@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.sink import Sink
 
 from keepflow import service
 from keepflow.clock import FakeClock
@@ -18,7 +19,6 @@ from keepflow.policies import Policy, PolicyBook, RetryPolicy, TimeoutPolicy
 from keepflow.runtime.host import Host
 from keepflow.sandbox.pool import SandboxPool
 from keepflow.settings import Settings
-from tests.support.sink import Sink
 
 pytestmark = pytest.mark.integration
 

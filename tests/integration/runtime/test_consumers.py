@@ -5,10 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from keepflow import service
-from keepflow.errors import Conflict
-from keepflow.model import RunStatus
 from tests.integration.runtime.conftest import (
     consumer_js,
     deploy_source,
@@ -18,6 +14,10 @@ from tests.integration.runtime.conftest import (
     workflow_js,
 )
 from tests.support.sink import Sink
+
+from keepflow import service
+from keepflow.errors import Conflict
+from keepflow.model import RunStatus
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from keepflow import service
-from keepflow.model import RunStatus
 from tests.integration.runtime.conftest import (
     consumer_js,
     deploy_source,
@@ -19,11 +16,16 @@ from tests.integration.runtime.conftest import (
 )
 from tests.support.sink import Sink
 
+from keepflow import service
+from keepflow.model import RunStatus
+
 pytestmark = pytest.mark.integration
 
-POST_RECONCILE = """await ctx.api.post({ url: "/orders", json: { id: prepared.data.event.messageId },
+POST_RECONCILE = """await ctx.api.post({ url: "/orders",
+                                     json: { id: prepared.data.event.messageId },
                                      reconcile: { url: "/records/{idempotencyKey}" } });"""
-POST_PLAIN = """await ctx.api.post({ url: "/orders", json: { id: prepared.data.event.messageId } });"""
+POST_PLAIN = """await ctx.api.post({ url: "/orders",
+                                     json: { id: prepared.data.event.messageId } });"""
 NEXT = "return { saw: mutation.status, result: mutation.result ?? null };"
 
 

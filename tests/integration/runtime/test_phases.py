@@ -9,9 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from keepflow import service
-from keepflow.model import RunStatus
 from tests.integration.runtime.conftest import (
     consumer_js,
     deploy_source,
@@ -20,6 +17,9 @@ from tests.integration.runtime.conftest import (
     workflow_js,
 )
 from tests.support.sink import Sink
+
+from keepflow import service
+from keepflow.model import RunStatus
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from keepflow import service
-from keepflow.model import RunStatus
 from tests.integration.runtime.conftest import (
     consumer_js,
     deploy_source,
@@ -16,6 +13,9 @@ from tests.integration.runtime.conftest import (
     seed_producer,
     workflow_js,
 )
+
+from keepflow import service
+from keepflow.model import RunStatus
 
 pytestmark = pytest.mark.integration
 

@@ -8,15 +8,9 @@ suite is ``tests/integration/test_crash.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from keepflow import faults, service
-from keepflow.model import RunDraft, RunKind, RunStatus, Transition
-from keepflow.runtime.host import Host
-from keepflow.runtime.recovery import recover
 from tests.integration.runtime.conftest import (
     consumer_js,
     deploy_source,
@@ -26,6 +20,11 @@ from tests.integration.runtime.conftest import (
     workflow_js,
 )
 from tests.support.sink import Sink
+
+from keepflow import faults, service
+from keepflow.model import RunDraft, RunKind, RunStatus, Transition
+from keepflow.runtime.host import Host
+from keepflow.runtime.recovery import recover
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +41,7 @@ class Crash(BaseException):
 
 
 @pytest.fixture
-def crash_at(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def crash_at(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     armed: list[str] = []
 
     def point(name: str) -> None:
@@ -51,7 +50,7 @@ def crash_at(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
             raise Crash(name)
 
     monkeypatch.setattr(faults, "point", point)
-    yield armed
+    return armed
 
 
 def restart(host: Host) -> Host:

@@ -46,13 +46,13 @@ def test_cpu_is_summed_over_the_whole_invocation(pool: SandboxPool) -> None:
     host = Host()
     with pytest.raises(SandboxLimitExceeded) as info:
         host.run(pool, workflow("""
-for (let i = 0; i < 1000; i++) {
-  const end = Date.now() + 50;
-  while (Date.now() < end) {}
+for (let i = 0; i < 100000; i++) {
+  let x = 0;
+  for (let j = 0; j < 300000; j++) x += j;  // a few milliseconds of CPU per slice
   await ctx.peek("t");
 }"""), limits=FAST)
     assert info.value.limit == "cpu"
-    assert 3 <= len(host.calls) <= 12
+    assert 2 <= len(host.calls) < 100000  # many entries into the engine, one budget
 
 
 def test_a_microtask_flood_is_stopped(pool: SandboxPool) -> None:
@@ -97,7 +97,7 @@ def test_a_tool_call_storm_hits_the_host_call_limit(pool: SandboxPool) -> None:
     host = Host()
     with pytest.raises(SandboxLimitExceeded) as info:
         host.run(pool, workflow("for (;;) ctx.peek('t');"),
-                 limits=SandboxLimits(max_host_calls=100))
+                 limits=SandboxLimits(max_host_calls=100, cpu_seconds=0.3))
     assert info.value.limit == "host_calls"
     assert host.calls == []  # the storm never reached the host
 

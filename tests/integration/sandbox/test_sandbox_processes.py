@@ -37,7 +37,13 @@ def proc_state(pid: int) -> str:
 
 
 def pid_gone(pid: int) -> bool:
-    return proc_state(pid) in ("Z", "gone")
+    """Dead: reaped, or a zombie whose threads have all exited (until then the kernel still
+    reports the process as running to its parent)."""
+    try:
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        return True
+    return proc_state(pid) in ("Z", "gone") and threads <= 1
 
 
 def test_a_worker_killed_mid_run_is_a_crash_and_the_pool_recovers() -> None:

@@ -22,7 +22,8 @@ from keepflow.sandbox.pool import SandboxPool
 
 def workflow(body: str) -> str:
     """A script whose single manual producer `p` has ``body`` as its async handler body."""
-    return f"export default Keep.workflow({{ producers: {{ async p(ctx, state) {{\n{body}\n}} }} }});\n"
+    head = "export default Keep.workflow({ producers: { async p(ctx, state) {"
+    return f"{head}\n{body}\n}} }} }});\n"
 
 
 @dataclass

@@ -59,7 +59,8 @@ def test_structural_problems(pool: SandboxPool) -> None:
         "export default Keep.workflow({ name: 7, topics: ['a'], producers: 3, consumers: null });")
     assert (m["name"], m["nameType"], m["topics"], m["topicsType"]) == (None, "number", None,
                                                                         "array")
-    assert m["producers"] == {} and m["consumers"] == {}
+    assert m["producers"] == {}
+    assert m["consumers"] == {}
     assert m["problems"] == ["topics is not an object", "producers is not an object",
                              "consumers is not an object"]
 

@@ -15,6 +15,7 @@ from keepflow.errors import (
     WorkflowDefinitionError,
 )
 from keepflow.sandbox.api import HostCall, Reply, SandboxLimits
+from keepflow.sandbox.native import EngineHooks
 from keepflow.sandbox.pool import SandboxPool
 
 
@@ -72,7 +73,8 @@ def test_oversized_values_exceed_the_size_limit(pool: SandboxPool) -> None:
     with pytest.raises(SandboxLimitExceeded) as info:
         host.run(pool, workflow("await ctx.publish('t', { p: 'x'.repeat(2000) });"),
                  limits=limits)
-    assert info.value.limit == "size" and host.calls == []
+    assert info.value.limit == "size"
+    assert host.calls == []
     assert_pool_works(pool)
 
 
@@ -95,7 +97,8 @@ helper();""")
 def test_a_rejection_after_await_reports_its_position(pool: SandboxPool) -> None:
     with pytest.raises(ScriptError) as info:
         run_script(pool, "await ctx.peek('t');\nnull.x;")
-    assert info.value.line == 3 and info.value.js_name == "TypeError"
+    assert info.value.line == 3
+    assert info.value.js_name == "TypeError"
 
 
 def test_throwing_a_non_error_value(pool: SandboxPool) -> None:
@@ -170,15 +173,38 @@ def test_a_never_settling_await(pool: SandboxPool) -> None:
         Host().run(pool, "await new Promise(() => {});\n" + workflow("return 1;"))
 
 
-def test_an_unhandled_rejection_fails_the_run(pool: SandboxPool) -> None:
-    with pytest.raises(UnhandledRejection) as info:
-        run_script(pool, """
+UNHANDLED = """
 Promise.reject(new Error("forgotten"));
 (async () => { throw new TypeError("also forgotten"); })();
 return "done";
-""")
+"""
+
+
+@pytest.mark.skipif(not EngineHooks().available, reason="engine hooks unavailable here")
+def test_an_unhandled_rejection_fails_the_run(pool: SandboxPool) -> None:
+    with pytest.raises(UnhandledRejection) as info:
+        run_script(pool, UNHANDLED)
     assert "Error: forgotten" in info.value.message
     assert "(2 unhandled rejections)" in info.value.message
+
+
+@pytest.mark.skipif(EngineHooks().available, reason="engine hooks available here")
+def test_without_engine_hooks_unhandled_rejections_are_not_reported(pool: SandboxPool) -> None:
+    result, _ = run_script(pool, UNHANDLED)  # documented fallback: the run is unaffected
+    assert result.value == "done"
+
+
+def test_a_handler_rejection_is_a_script_error_not_an_unhandled_one(pool: SandboxPool) -> None:
+    with pytest.raises(ScriptError) as info:
+        run_script(pool, "Promise.reject(new Error('stray')); throw new Error('primary');")
+    assert info.value.message.startswith("Error: primary")
+
+
+def test_a_nul_character_in_the_source_is_refused(pool: SandboxPool) -> None:
+    with pytest.raises(ScriptError) as info:
+        Host().run(pool, workflow("return 1;\n// \x00 hidden"))
+    assert info.value.line == 3
+    assert_pool_works(pool)
 
 
 def test_handled_rejections_are_fine(pool: SandboxPool) -> None:

@@ -52,11 +52,14 @@ def test_thrown_values_that_are_limits() -> None:
     oom = failures.from_wire(failures.thrown("InternalError", "out of memory", "", 1))
     deep = failures.from_wire(
         failures.thrown("RangeError", "Maximum call stack size exceeded", "", 1))
-    assert isinstance(oom, SandboxLimitExceeded) and oom.limit == "memory"
-    assert isinstance(deep, SandboxLimitExceeded) and deep.limit == "stack"
+    assert isinstance(oom, SandboxLimitExceeded)
+    assert oom.limit == "memory"
+    assert isinstance(deep, SandboxLimitExceeded)
+    assert deep.limit == "stack"
 
 
 def test_wire_classes_round_trip() -> None:
     assert isinstance(failures.from_wire(failures.wire("InvalidResult", "m")), InvalidResult)
     err = failures.from_wire(failures.wire("WorkflowDefinitionError", "m"))
-    assert isinstance(err, WorkflowDefinitionError) and err.message == "m"
+    assert isinstance(err, WorkflowDefinitionError)
+    assert err.message == "m"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sbx_helpers import Host, run_script, workflow
 
-from keepflow.sandbox.api import HostCall, JS_MAX_SAFE_INTEGER, Resolve, SandboxLimits
+from keepflow.sandbox.api import JS_MAX_SAFE_INTEGER, HostCall, Resolve, SandboxLimits
 from keepflow.sandbox.pool import SandboxPool
 
 PRODUCER = """
@@ -49,7 +49,8 @@ def test_a_producer_makes_host_calls_in_order_and_returns_its_state(pool: Sandbo
     assert host.calls[0].args == ({"folder": "INBOX"},)  # since: undefined is omitted
     assert host.calls[1].args == ("email.received", {
         "messageId": "a", "title": "Email from x@y", "payload": {"from": "x@y"}})
-    assert result.host_calls == 3 and result.jobs > 0
+    assert result.host_calls == 3
+    assert result.jobs > 0
 
 
 def test_consumer_methods_run_with_the_consumer_as_this(pool: SandboxPool) -> None:
@@ -72,7 +73,8 @@ def test_returning_undefined_and_null(pool: SandboxPool) -> None:
 
 
 def test_dates_become_iso_strings_and_undefined_properties_are_omitted(pool: SandboxPool) -> None:
-    result, _ = run_script(pool, "return { when: new Date(Date.UTC(2024, 0, 2)), gone: undefined };")
+    result, _ = run_script(pool,
+                           "return { when: new Date(Date.UTC(2024, 0, 2)), gone: undefined };")
     assert result.value == {"when": "2024-01-02T00:00:00.000Z"}
 
 
@@ -97,6 +99,8 @@ ctx.log("six", null, undefined, 10n);
         ("error", "four Error: boom"), ("debug", "five"), ("info", "six null undefined 10n"),
     ]
     assert host.logs == result.logs  # forwarded to on_log as they arrived
+    error_frames = result.logs[3].message.splitlines()[1:]
+    assert error_frames == ["    at p (<input>:7:27)"]  # the script's frames only
     assert [e.at for e in result.logs] == sorted(e.at for e in result.logs)
 
 
@@ -106,7 +110,8 @@ console.log("x".repeat(10000));
 for (let i = 0; i < 1500; i++) console.log("line " + i);
 """)
     first = result.logs[0].message
-    assert len(first) < 4200 and first.endswith("… [truncated, 10000 chars]")
+    assert len(first) < 4200
+    assert first.endswith("… [truncated, 10000 chars]")
     assert len(result.logs) == 1001
     assert result.logs[1000].level == "warn"
     assert "log limit reached" in result.logs[1000].message
@@ -119,7 +124,8 @@ return [typeof state.big, state.big, state.ok, state.neg];
 """, args=({"big": 2**60, "ok": 2**40, "neg": -JS_MAX_SAFE_INTEGER},))
     assert result.value == ["string", str(2**60), 2**40, -JS_MAX_SAFE_INTEGER]
     warns = [e.message for e in result.logs if e.level == "warn"]
-    assert len(warns) == 1 and warns[0].startswith("the handler's arguments at $[0].big:")
+    assert len(warns) == 1
+    assert warns[0].startswith("the handler's arguments at $[0].big:")
 
 
 def test_large_integers_in_replies(pool: SandboxPool) -> None:
@@ -164,8 +170,9 @@ def test_unknown_connection_names_the_configured_ones(pool: SandboxPool) -> None
     from keepflow.errors import ScriptError
 
     with pytest.raises(ScriptError) as info:
-        run_script(pool, "await ctx.slack.post({});")
+        run_script(pool, "const x = 1;\nawait ctx.slack.post({});")
     assert "ctx.slack is not available; configured: sql, email" in info.value.message
+    assert (info.value.line, info.value.column) == (3, 7)  # the script's line, not the prelude's
     with pytest.raises(ScriptError) as info:
         run_script(pool, "await ctx.sql.drop({});")
     assert "ctx.sql.drop is not available; configured: insert, query" in info.value.message
@@ -182,4 +189,11 @@ def test_limits_are_per_invocation(pool: SandboxPool) -> None:
     assert logs == []
     result, host = run_script(pool, "await ctx.peek('t'); await ctx.peek('t'); return 1;",
                               limits=limits)
-    assert result.value == 1 and len(host.calls) == 2
+    assert result.value == 1
+    assert len(host.calls) == 2
+
+
+def test_logs_written_while_loading_are_kept(pool: SandboxPool) -> None:
+    source = 'console.log("loading");\n' + workflow('console.log("running"); return 1;')
+    result = Host().run(pool, source)
+    assert [e.message for e in result.logs] == ["loading", "running"]

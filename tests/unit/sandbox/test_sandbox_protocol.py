@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -22,17 +23,16 @@ def pipe() -> Iterator[tuple[int, int]]:
     r, w = os.pipe()
     yield r, w
     for fd in (r, w):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def test_header_and_parts_round_trip(pipe: tuple[int, int]) -> None:
     r, w = pipe
     write_frame(w, {"op": "invoke", "x": "é\n"}, "source\nwith lines", b'[1,"\\n"]')
     header, payload = read_frame(r, time.monotonic() + 5)
-    assert header["op"] == "invoke" and header["x"] == "é\n"
+    assert header["op"] == "invoke"
+    assert header["x"] == "é\n"
     assert split_parts(header, payload) == [b"source\nwith lines", b'[1,"\\n"]']
 
 

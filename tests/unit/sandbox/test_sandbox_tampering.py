@@ -130,7 +130,8 @@ return typeof leak;
 """)
     assert first.value == "string"
     for _ in range(4):  # whichever worker answers
-        again, _ = run_script(pool, "return [typeof globalThis.leak, 'polluted' in {}, typeof [].push];")
+        again, _ = run_script(
+            pool, "return [typeof globalThis.leak, 'polluted' in {}, typeof [].push];")
         assert again.value == ["undefined", False, "function"]
 
 
@@ -140,5 +141,6 @@ let n = 0;
 await new Promise((resolve) => queueMicrotask(() => { n++; resolve(); }));
 return n;
 """)
-    assert result.value == 1 and result.jobs >= 1
+    assert result.value == 1
+    assert result.jobs >= 1
     assert_pool_works(pool)

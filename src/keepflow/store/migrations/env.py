@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 
 from keepflow.store.schema import metadata
 
 config = context.config
 
 
-def _run(connection: object) -> None:
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -28,6 +28,8 @@ else:  # command-line use by developers: `alembic -x url=... revision --autogene
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
         "sqlalchemy.url"
     )
+    if not url:
+        raise SystemExit("pass the database URL: alembic -x url=<sqlalchemy url> ...")
     engine = create_engine(url)
     with engine.begin() as conn:
         _run(conn)
