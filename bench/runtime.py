@@ -2,8 +2,9 @@
 
     python -m bench.runtime [--quick]
 
-* ``invocation``: fresh context + load a ~50-line script + call a handler making 3 host calls
-  (answered immediately), in a sandbox worker process; and a bare invocation for comparison.
+* ``invocation``: fresh context + load a 50-line script + call a handler making 3 host calls
+  (a search, two publishes; answered immediately) in a sandbox worker process; and a bare
+  invocation (trivial script, no host calls) for comparison.
 * ``consumer_run``: prepare → mutation (HTTP POST to a loopback sink, with reconcile) → next →
   commit, on the embedded SQLite store (WAL, synchronous=FULL), end to end.
 * ``commits_per_run``: durable commits of one happy-path consumer run (target ≤ 3).
@@ -29,6 +30,7 @@ from keepflow.runtime.host import Host
 from keepflow.sandbox.api import HostCall, Invocation, Reply, Resolve
 from keepflow.sandbox.pool import SandboxPool
 from keepflow.settings import Settings
+from keepflow.store.engine import READ_ONLY
 
 SCRIPT = """
 // A typical small workflow: ~50 lines.
@@ -79,37 +81,89 @@ export default Keep.workflow({
 });
 """
 
-THREE_CALLS = """
+INVOCATION_SCRIPT = """
+const FOLDER = "INBOX";
+function titleOf(m) {
+  return `Email from ${m.from}: "${m.subject}"`;
+}
+function normalise(items) {
+  const out = [];
+  for (const m of items) {
+    if (!m || !m.id) continue;
+    out.push({ id: String(m.id), from: m.from.toLowerCase(), subject: m.subject.trim() });
+  }
+  return out;
+}
 export default Keep.workflow({
-  name: "calls", topics: { t: {} }, producers: {
-    p: async (ctx, state) => {
-      const a = await ctx.peek("t", { limit: 1 });
-      const b = await ctx.peek("t", { limit: 1 });
-      const c = await ctx.peek("t", { limit: 1 });
-      return { n: a.length + b.length + c.length };
+  name: "invoice-rows",
+  topics: { "email.received": {}, "row.created": {} },
+  producers: {
+    pollInbox: {
+      schedule: { interval: "5m" },
+      async handler(ctx, state) {
+        const msgs = await ctx.email.search({ folder: FOLDER, since: state?.since });
+        const items = normalise(msgs.items);
+        for (const m of items) {
+          await ctx.publish("email.received", {
+            messageId: m.id,
+            title: titleOf(m),
+            payload: { from: m.from, subject: m.subject },
+          });
+        }
+        ctx.log("published", items.length);
+        return { since: msgs.newest ?? state?.since };
+      },
     },
-    bare: async (ctx, state) => ({ n: 0 }),
-  }, consumers: {},
+  },
+  consumers: {
+    addRow: Keep.consumer({
+      subscribe: ["email.received"],
+      async prepare(ctx, state) {
+        const [e] = await ctx.peek("email.received", { limit: 1 });
+        if (!e) return { reservations: [], data: {} };
+        return { reservations: [{ topic: "email.received", ids: [e.messageId] }],
+                 data: { email: e.payload, id: e.messageId } };
+      },
+      async mutate(ctx, prepared) {
+        await ctx.sql.insert({ table: "invoices", values: prepared.data.email });
+      },
+      async next(ctx, prepared, mutation) { return null; },
+    }),
+  },
 });
-""" + "\n".join(f"// filler line {i}" for i in range(38))
+"""
+
+ITEMS = [{"id": f"m{i}", "from": "A@Example.com", "subject": f" Invoice {i} "} for i in (1, 2)]
+BARE_SCRIPT = """
+export default Keep.workflow({ name: "bare", topics: {}, consumers: {},
+  producers: { p: async (ctx, state) => ({ n: 0 }) } });
+"""
 
 
 def _answer(call: HostCall) -> Reply:
-    return Resolve([])
+    """Host calls answered at once: a search result for the tool call, nothing otherwise."""
+    if call.target == "tool":
+        return Resolve({"items": ITEMS, "newest": "2024-01-02"})
+    return Resolve(None)
 
 
 def bench_invocation(pool: SandboxPool, n: int) -> dict[str, Any]:
-    def once(handler: str) -> float:
-        inv = Invocation(source=THREE_CALLS, handler=("producers", handler), args=(None,),
-                         undefined_args=frozenset({0}))
+    full = Invocation(source=INVOCATION_SCRIPT, handler=("producers", "pollInbox"),
+                      args=(None,), undefined_args=frozenset({0}),
+                      connections={"email": ("search",), "sql": ("insert",)})
+    bare_inv = Invocation(source=BARE_SCRIPT, handler=("producers", "p"))
+
+    def once(inv: Invocation) -> float:
         t0 = time.perf_counter()
-        pool.invoke(inv, _answer)
-        return time.perf_counter() - t0
+        result = pool.invoke(inv, _answer)
+        elapsed = time.perf_counter() - t0
+        assert inv is bare_inv or result.host_calls == 3, result
+        return elapsed
 
     for _ in range(20):
-        once("p")
-    three = [once("p") for _ in range(n)]
-    bare = [once("bare") for _ in range(n)]
+        once(full)
+    three = [once(full) for _ in range(n)]
+    bare = [once(bare_inv) for _ in range(n)]
     return {
         "n": n,
         "three_host_calls_median_ms": round(statistics.median(three) * 1000, 3),
@@ -129,9 +183,10 @@ def bench_consumer_run(pool: SandboxPool, n: int) -> dict[str, Any]:
         host = Host(Settings(home=home), connections=connections, pool=pool)
         commits = 0
 
-        def count(_conn: Any) -> None:
+        def count(conn: Any) -> None:
             nonlocal commits
-            commits += 1
+            if not conn.get_execution_options().get(READ_ONLY):  # reads commit nothing
+                commits += 1
 
         event.listen(host.store.engine, "commit", count)
         script = home / "bench.js"

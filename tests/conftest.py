@@ -87,10 +87,20 @@ def pg_empty_url(pg_admin_url: str) -> str:
     return new_pg_database(pg_admin_url)
 
 
+def _backend_url(request: pytest.FixtureRequest, tmp_path: Path, pg_fixture: str) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'keepflow.db'}"
+    url: str = request.getfixturevalue(pg_fixture)
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The store's URL, once per backend: the same tests run against both (SPEC §13)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'keepflow.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+    return _backend_url(request, tmp_path, "pg_url")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty (unmigrated) database, once per backend."""
+    return _backend_url(request, tmp_path, "pg_empty_url")

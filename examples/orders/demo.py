@@ -28,6 +28,8 @@ KEEPFLOW = [sys.executable, "-m", "keepflow.cli"]
 class Accounting(BaseHTTPRequestHandler):
     """Records notifications by Idempotency-Key; GET /notifications/<key> answers reconcile."""
 
+    disable_nagle_algorithm = True  # one small response must not wait for a delayed ACK
+
     received: dict[str, dict[str, object]] = {}
     lock = threading.Lock()
 

@@ -77,6 +77,7 @@ class Sink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # one small response must not wait for a delayed ACK
             protocol_version = "HTTP/1.1"
 
             def log_message(self, *args: object) -> None:

@@ -298,7 +298,7 @@ class Executor:
         # SPEC §5.5: producer running → discard; nothing was committed.
         return self._fail(scope, TransientError(
             "the host stopped during this producer run; nothing was committed and it runs "
-            "again on schedule"), Phase.PRODUCER, {})
+            "again on schedule"), Phase.PRODUCER, {}, escalate=False)
 
     def _next(self, scope: RunScope, prepared: dict[str, Any], reserve: dict[str, Any],
               sleep: Sleep | None = None,
@@ -328,7 +328,8 @@ class Executor:
     # ------------------------------------------------------------------ failures (SPEC §8)
 
     def _fail(self, scope: RunScope, failure: RunFailure, phase: Phase,
-              inputs: dict[str, Any], reserve: dict[str, Any] | None = None) -> RunOutcome:
+              inputs: dict[str, Any], reserve: dict[str, Any] | None = None,
+              escalate: bool = True) -> RunOutcome:
         run = scope.run
         cls = failure.failure_class
         if cls is FailureClass.INDETERMINATE:  # an uncertain outcome of a *read* is transient
@@ -345,7 +346,7 @@ class Executor:
             "inputs": inputs,
         }
         move(run, RunStatus.FAILED, self.host.clock.now(), note=f"{cls.value}: {failure.message}")
-        status = route_failure(cls, run.handler, failure.message)
+        status = route_failure(cls, run.handler, failure.message) if escalate else None
         self.host.store.record_run(run, scope.fence, workflow_status=status, **(reserve or {}))
         return self._outcome(run)
 

@@ -15,7 +15,6 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
-from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -34,7 +33,7 @@ def _sqlite_engine(url: str, echo: bool) -> Engine:
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, echo=echo, poolclass=NullPool if ":memory:" not in url else None,
+        url, echo=echo, pool_size=5, max_overflow=10,
         connect_args={"check_same_thread": False, "timeout": 60},
     )
 

@@ -138,6 +138,8 @@ class LoopbackServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
+
+    disable_nagle_algorithm = True  # one small response must not wait for a delayed ACK
     owner: LoopbackServer
     protocol_version = "HTTP/1.1"
     timeout = 10

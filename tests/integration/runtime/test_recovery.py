@@ -249,3 +249,19 @@ def test_suspended_needs_reconcile_stays_suspended_on_restart(host, tmp_path: Pa
         again = host.executor.resume(out.run_id, fence, reconcile=True)
     assert again.status is RunStatus.COMMITTED
     assert len(sink.applied) == 1
+
+
+def test_durable_running_producer_is_discarded(host, tmp_path: Path) -> None:
+    """SPEC §5.5: producer running → discard; nothing was committed; it runs again."""
+    setup(host, tmp_path)
+    run = _synthetic(host, RunStatus.RUNNING, None)
+    run.handler, run.kind = "seed", RunKind.PRODUCER
+    host.store.record_run(run, None)
+    fresh = restart(host)
+    [out] = recover(fresh).resumed
+    assert out.status is RunStatus.FAILED
+    assert out.failure is not None
+    assert "nothing was committed" in out.failure["message"]
+    assert service.list_workflows(fresh)[0]["status"] == "active"  # not the script's fault
+    assert service.trigger(fresh, "wf", "seed").status is RunStatus.COMMITTED
+    fresh.close()

@@ -4,7 +4,7 @@ logic failures)."""
 from __future__ import annotations
 
 import pytest
-from sbx_it_helpers import Host, assert_pool_works, run_script, workflow
+from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 from keepflow.errors import SandboxLimitExceeded
 from keepflow.sandbox.api import SandboxLimits

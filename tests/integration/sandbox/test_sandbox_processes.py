@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from sbx_it_helpers import Host, assert_pool_works, run_script, workflow
+from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 from keepflow.errors import SandboxCrashed, SandboxLimitExceeded
 from keepflow.sandbox.api import HostCall, Reply, Resolve, SandboxLimits

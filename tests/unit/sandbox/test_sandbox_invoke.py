@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sbx_helpers import Host, run_script, workflow
+from tests.support.sandbox import Host, run_script, workflow
 
 from keepflow.sandbox.api import JS_MAX_SAFE_INTEGER, HostCall, Resolve, SandboxLimits
 from keepflow.sandbox.pool import SandboxPool

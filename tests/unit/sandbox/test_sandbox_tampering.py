@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sbx_helpers import Host, assert_pool_works, run_script, workflow
+from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 from keepflow.errors import ScriptError
 from keepflow.sandbox.api import HostCall, Resolve

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sbx_helpers import Host, assert_pool_works, terminate_tools, workflow
+from tests.support.sandbox import Host, assert_pool_works, terminate_tools, workflow
 
 from keepflow.sandbox.pool import SandboxPool
 

@@ -1,0 +1,129 @@
+"""The Store API on SQLite and PostgreSQL: fencing, atomic commits, ledger moves."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from keepflow.clock import FakeClock
+from keepflow.errors import LeaseLost, ReservationRejected, StoreError
+from keepflow.model import (
+    EventDraft,
+    LedgerStatus,
+    MutationDraft,
+    Reservation,
+    RunDraft,
+    RunKind,
+    RunStatus,
+    StateUpdate,
+)
+from keepflow.store.rows import sha256_json
+from keepflow.store.store import LEASE_TTL, Settle, Store
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(store_url: str, clock: FakeClock):
+    s = Store(store_url, clock=clock.now)
+    yield s
+    s.close()
+
+
+def _setup(store: Store, clock: FakeClock) -> tuple[str, str]:
+    wf = store.create_workflow("wf", "test")
+    v = store.add_version(wf.id, source="x", source_sha256="0" * 64,
+                          manifest={"format": 1}, findings=[], created_by="test")
+    return wf.id, v.id
+
+
+def _run(wid: str, vid: str, clock: FakeClock, kind: RunKind = RunKind.PRODUCER,
+         run_id: str = "01RUN0000000000000000000AA") -> RunDraft:
+    status = RunStatus.COMMITTED if kind is RunKind.PRODUCER else RunStatus.MUTATING
+    return RunDraft(id=run_id, workflow_id=wid, version_id=vid, handler="h", kind=kind,
+                    trigger="test", status=status, created_at=clock.now())
+
+
+def _event(mid: str, payload: object = None) -> EventDraft:
+    return EventDraft("items", mid, f"Item {mid}", payload, sha256_json(payload))
+
+
+def test_a_host_that_lost_its_lease_cannot_commit(store: Store, clock: FakeClock) -> None:
+    wid, vid = _setup(store, clock)
+    old = store.acquire_lease(wid, "host-a:1:x")
+    assert old is not None
+    assert store.acquire_lease(wid, "host-b:2:y") is None  # held
+    clock.advance(LEASE_TTL.total_seconds() + 1)
+    new = store.acquire_lease(wid, "host-b:2:y")  # expired: taken over, fence bumped
+    assert new is not None
+    assert new.token == old.token + 1
+    with pytest.raises(LeaseLost):
+        store.commit_producer_run(_run(wid, vid, clock), old, [_event("a")],
+                                  StateUpdate("h", {"n": 1}))
+    assert store.peek(wid, "items", 10) == []
+    store.commit_producer_run(_run(wid, vid, clock), new, [_event("a")], None)
+    assert [e.message_id for e in store.peek(wid, "items", 10)] == ["a"]
+
+
+def test_each_commit_renews_the_lease(store: Store, clock: FakeClock) -> None:
+    wid, vid = _setup(store, clock)
+    fence = store.acquire_lease(wid, "host-a:1:x")
+    clock.advance(LEASE_TTL.total_seconds() - 10)
+    store.commit_producer_run(_run(wid, vid, clock), fence, [], None)
+    clock.advance(60)
+    assert store.acquire_lease(wid, "host-b:2:y") is None
+
+
+def test_publish_dedupes_by_message_id_and_reports(store: Store, clock: FakeClock) -> None:
+    wid, vid = _setup(store, clock)
+    r1 = store.commit_producer_run(_run(wid, vid, clock), None, [_event("a", 1), _event("b")],
+                                   None)
+    assert r1.inserted == ["items/a", "items/b"]
+    r2 = store.commit_producer_run(_run(wid, vid, clock, run_id="01RUN0000000000000000000AB"),
+                                   None, [_event("a", 2)], None)
+    assert r2.duplicates == ["items/a"]
+    assert r2.differing == ["items/a"]
+    assert store.events_by_ids(wid, "items", ["a"])["a"].payload == 1
+
+
+def test_reservation_conflicts_are_refused_atomically(store: Store, clock: FakeClock) -> None:
+    wid, vid = _setup(store, clock)
+    store.commit_producer_run(_run(wid, vid, clock), None, [_event("a"), _event("b")], None)
+    first = _run(wid, vid, clock, RunKind.CONSUMER, "01RUN0000000000000000000C1")
+    store.record_run(first, None, reserve=[Reservation("items", ("a",))], subscribed=["items"])
+    second = _run(wid, vid, clock, RunKind.CONSUMER, "01RUN0000000000000000000C2")
+    with pytest.raises(ReservationRejected, match="reserved by run 01RUN0000000000000000000C1"):
+        store.record_run(second, None, reserve=[Reservation("items", ("b", "a"))],
+                         subscribed=["items"])
+    # nothing of the refused commit happened: b is still free, the run row does not exist
+    assert store.events_by_ids(wid, "items", ["b"])["b"].reserved_by is None
+    with pytest.raises(Exception, match="no run"):
+        store.get_run(second.id)
+
+
+def test_ledger_refuses_illegal_moves(store: Store, clock: FakeClock) -> None:
+    wid, vid = _setup(store, clock)
+    run = _run(wid, vid, clock, RunKind.CONSUMER, "01RUN0000000000000000000D1")
+    m = store.record_in_flight(run, None, MutationDraft(
+        run_id=run.id, workflow_id=wid, attempt=1, connection="api", connector_type="http",
+        tool="post", params={}, idempotency_key="k1", description="POST x",
+        can_reconcile=True))
+    assert m.status is LedgerStatus.IN_FLIGHT
+    applied = store.settle_mutation(run, None, Settle(m.id, LedgerStatus.APPLIED, result={"ok": 1}))
+    assert applied.status is LedgerStatus.APPLIED
+    with pytest.raises(StoreError, match="cannot become failed"):
+        store.settle_mutation(run, None, Settle(m.id, LedgerStatus.FAILED))
+    assert store.mutations_of(run.id)[0].result == {"ok": 1}
+
+
+def test_timestamps_are_utc_aware(store: Store, clock: FakeClock) -> None:
+    wid, _ = _setup(store, clock)
+    wf = store.get_workflow(wid)
+    assert wf.created_at == clock.now()
+    assert wf.created_at.utcoffset() == timedelta(0)

@@ -1,0 +1,103 @@
+"""Pure decisions of the runtime: phase table, run transitions, routing, policy, faults, ids."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from keepflow import faults, ids
+from keepflow.connectors.base import ToolKind
+from keepflow.errors import ConfigError, FailureClass, PhaseViolation, StoreError
+from keepflow.model import RunDraft, RunKind, RunStatus, WorkflowStatus
+from keepflow.policies import PolicyBook, RetryPolicy
+from keepflow.runtime.phases import RULES, Phase
+from keepflow.runtime.routing import route_failure, route_indeterminate
+from keepflow.runtime.transitions import move
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("phase", "kind", "allowed"), [
+    (Phase.PRODUCER, ToolKind.READ, True), (Phase.PRODUCER, ToolKind.MUTATE, False),
+    (Phase.PREPARE, ToolKind.READ_BY_ID, True), (Phase.PREPARE, ToolKind.MUTATE, False),
+    (Phase.MUTATE, ToolKind.READ, False), (Phase.MUTATE, ToolKind.READ_BY_ID, True),
+    (Phase.MUTATE, ToolKind.MUTATE, True), (Phase.NEXT, ToolKind.READ_BY_ID, False),
+])
+def test_phase_table_matches_spec(phase: Phase, kind: ToolKind, allowed: bool) -> None:
+    rules = RULES[phase]
+    if allowed:
+        rules.check_tool("ctx.x.y", kind)
+    else:
+        with pytest.raises(PhaseViolation, match=f"ctx.x.y .* is not allowed in {phase.value}"):
+            rules.check_tool("ctx.x.y", kind)
+
+
+def test_publish_and_peek_rights() -> None:
+    assert [p for p in Phase if RULES[p].publish] == [Phase.PRODUCER, Phase.NEXT]
+    assert [p for p in Phase if RULES[p].peek] == [Phase.PREPARE]
+
+
+def _run(status: RunStatus) -> RunDraft:
+    return RunDraft(id="r", workflow_id="w", version_id="v", handler="h", kind=RunKind.CONSUMER,
+                    trigger="t", status=status, created_at=NOW)
+
+
+def test_transitions_follow_the_spec_lifecycle() -> None:
+    run = _run(RunStatus.PENDING)
+    for to in (RunStatus.PREPARING, RunStatus.PREPARED, RunStatus.MUTATING, RunStatus.MUTATED,
+               RunStatus.EMITTING, RunStatus.COMMITTED):
+        move(run, to, NOW)
+    assert run.finished_at == NOW
+    assert [t.to_status for t in run.transitions][-1] is RunStatus.COMMITTED
+    with pytest.raises(StoreError, match="illegal transition committed → preparing"):
+        move(run, RunStatus.PREPARING, NOW)
+
+
+def test_prepared_cannot_skip_to_committed() -> None:
+    with pytest.raises(StoreError):
+        move(_run(RunStatus.PREPARED), RunStatus.COMMITTED, NOW)
+
+
+def test_routing_says_what_to_do() -> None:
+    status, reason = route_failure(FailureClass.AUTH, "poll", "token expired")
+    assert status is WorkflowStatus.NEEDS_ACTION
+    assert "reconnect" in reason
+    status, reason = route_indeterminate("POST https://x/orders", ["Order #1"], "timeout", False)
+    assert '"Order #1"' in reason
+    assert "cannot verify" in reason
+
+
+def test_retry_delay_grows_and_is_capped() -> None:
+    p = RetryPolicy(base_seconds=1, factor=2, max_delay_seconds=5, jitter=0)
+    assert [p.delay(i) for i in (1, 2, 3, 4)] == [1, 2, 4, 5]
+    jittered = RetryPolicy(base_seconds=10, jitter=0.1).delay(1, random.Random(1))
+    assert 9 <= jittered <= 11
+
+
+def test_policy_file_errors_name_the_key(tmp_path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text("[retry]\nmax_attempts = 0\n")
+    with pytest.raises(ConfigError, match=r"retry\.max_attempts"):
+        PolicyBook.load(path)
+    path.write_text("[limits]\nunknown = 1\n")
+    with pytest.raises(ConfigError, match=r"limits\.unknown"):
+        PolicyBook.load(path)
+    path.write_text('[workflows.orders.limits]\npayload_bytes = 2048\n')
+    book = PolicyBook.load(path)
+    assert book.for_workflow("orders").limits.payload_bytes == 2048
+    assert book.for_workflow("other").limits.payload_bytes == 256 * 1024
+
+
+def test_fault_spec_parsing_and_zero_cost_default() -> None:
+    assert faults._parse("a.b:3, c.d") == {"a.b": 3, "c.d": 1}
+    if not faults._TARGETS:
+        assert faults.point is faults._noop
+
+
+def test_ids_are_sortable_and_unique() -> None:
+    made = [ids.new_id() for _ in range(2000)]
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+    assert all(len(i) == 26 for i in made)
