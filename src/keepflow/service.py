@@ -155,7 +155,10 @@ def drain(host: Host, workflow: str | None = None, max_runs: int = 100_000) -> D
             continue
         if wf.current_version_id is None:
             continue
-        _drain_one(host, wf, report, max_runs)
+        try:
+            _drain_one(host, wf, report, max_runs)
+        except Conflict as exc:  # another process holds its lease: it is being run already
+            report.blocked[wf.name] = exc.message
     return report
 
 

@@ -269,3 +269,18 @@ def test_skip_pending_event_and_refuse_skipping_reserved(host, tmp_path: Path, s
     # no run will ever reserve the skipped event
     assert all(e["messageId"] != "a" for e in
                (r for r in run_detail(host, failed.run_id)["reservations"]))
+
+
+def test_a_workflow_leased_by_another_host_is_not_run_here(host, tmp_path: Path) -> None:
+    """SPEC §13: one host runs a workflow at a time; the others leave it alone."""
+    deploy_source(host, tmp_path, workflow_js(producers=seed_producer(["a"]),
+                                              consumers=consumer_js()))
+    service.trigger(host, "wf", "seed")
+    wid = host.store.get_workflow("wf").id
+    assert host.store.acquire_lease(wid, "another-machine:4242:abcd") is not None
+    report = service.drain(host)
+    assert report.runs == []
+    assert "another keepflow process" in report.blocked["wf"]
+    with pytest.raises(Conflict, match="another keepflow process"):
+        service.trigger(host, "wf", "work")
+    assert events_of(host)[0]["status"] == "pending"
