@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from tests.support.sink import Sink
 
 from keepflow import service
 from keepflow.connectors.base import ConnectionConfig
@@ -31,6 +30,7 @@ from keepflow.sandbox.api import HostCall, Invocation, Reply, Resolve
 from keepflow.sandbox.pool import SandboxPool
 from keepflow.settings import Settings
 from keepflow.store.engine import READ_ONLY
+from tests.support.sink import Sink
 
 SCRIPT = """
 // A typical small workflow: ~50 lines.

@@ -7,6 +7,7 @@ on stderr and a non-zero exit, never a traceback. Exit codes: 0 ok, 1 refused or
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -19,12 +20,14 @@ from typing import Any, TypeVar
 import click
 
 from keepflow import service
+from keepflow.client import find_server
 from keepflow.errors import KeepflowError, ScriptInvalid
-from keepflow.model import RunStatus
+from keepflow.model import RunStatus, WorkflowStatus
 from keepflow.runtime.executor import RunOutcome
 from keepflow.runtime.host import Host
 from keepflow.sandbox.findings import format_finding
 from keepflow.settings import Settings
+from keepflow.views import outcome_view
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,6 +109,7 @@ def deploy(file: Path, name: str | None, as_json: bool) -> None:
     """Validate FILE and deploy it as a new version (refused if it has errors)."""
     with _host() as host:
         res = service.deploy(host, file, name)
+    _notify_server(res.workflow.name)
     data = {"workflow": res.workflow.name, "id": res.workflow.id, "version": res.version,
             "status": res.status, "findings": [f.to_dict() for f in res.findings]}
 
@@ -115,6 +119,14 @@ def deploy(file: Path, name: str | None, as_json: bool) -> None:
         click.echo(f"{res.workflow.name}: version {res.version} ({res.status})")
 
     _emit(data, as_json, human)
+
+
+def _notify_server(workflow: str) -> None:
+    """A running server re-reads the workflow now (it would notice within a second anyway)."""
+    server = find_server(Settings())
+    if server is not None:
+        with contextlib.suppress(KeepflowError):
+            server.post(f"/api/workflows/{workflow}/refresh", timeout=5.0)
 
 
 @main.command()
@@ -138,10 +150,23 @@ def workflows(as_json: bool) -> None:
 
 
 def _run_exit(outcome: RunOutcome) -> None:
-    if outcome.status is RunStatus.FAILED:
+    _run_exit_status(outcome.status.value)
+
+
+def _run_exit_status(status: str) -> None:
+    if status == RunStatus.FAILED.value:
         sys.exit(EXIT_RUN_FAILED)
-    if outcome.status is RunStatus.SUSPENDED:
+    if status == RunStatus.SUSPENDED.value:
         sys.exit(EXIT_SUSPENDED)
+
+
+def _view_line(d: dict[str, Any]) -> str:
+    line = f"run {d['id']} {d['handler']}: {d['status']}"
+    if d.get("mutation"):
+        line += f" (mutation {d['mutation']})"
+    if d.get("failureClass"):
+        line += f" — {d['failureClass']}: {d['failureMessage']}"
+    return line
 
 
 def _outcome_line(o: RunOutcome) -> str:
@@ -153,23 +178,26 @@ def _outcome_line(o: RunOutcome) -> str:
     return line
 
 
-def _outcome_json(o: RunOutcome) -> dict[str, Any]:
-    return {"id": o.run_id, "handler": o.handler, "kind": o.kind.value,
-            "status": o.status.value, "mutation": o.mutation,
-            "failureClass": (o.failure or {}).get("class"),
-            "failureMessage": (o.failure or {}).get("message")}
-
-
 @main.command()
 @click.argument("workflow")
 @click.argument("handler")
 @json_option
 @friendly
 def trigger(workflow: str, handler: str, as_json: bool) -> None:
-    """Run HANDLER of WORKFLOW once, now, in this process."""
+    """Run HANDLER of WORKFLOW once, now (through the server when one runs, else here)."""
+    server = find_server(Settings())
+    if server is not None:
+        data = server.post(f"/api/workflows/{workflow}/trigger/{handler}", timeout=330.0,
+                           wait=True)
+        if "id" not in data:
+            _emit(data, as_json, lambda d: click.echo(f"queued on the server: {d['message']}"))
+            return
+        _emit(data, as_json, lambda d: click.echo(_view_line(d)))
+        _run_exit_status(data["status"])
+        return
     with _host() as host:
         outcome = service.trigger(host, workflow, handler)
-    _emit(_outcome_json(outcome), as_json, lambda _: click.echo(_outcome_line(outcome)))
+    _emit(outcome_view(outcome), as_json, lambda _: click.echo(_outcome_line(outcome)))
     _run_exit(outcome)
 
 
@@ -179,11 +207,15 @@ def trigger(workflow: str, handler: str, as_json: bool) -> None:
 @friendly
 def drain(workflow: str | None, as_json: bool) -> None:
     """Run ready consumers until none is ready (does not wait for timeouts or schedules)."""
+    server = find_server(Settings())
+    if server is not None:
+        _fail(f"a keepflow server is running (pid {server.pid}, {server.url}); it runs ready "
+              "consumers itself — see `keepflow status`")
     with _host() as host:
         report = service.drain(host, workflow)
     runs = [*report.recovered.resumed, *report.runs]
-    data = {"recovered": [_outcome_json(o) for o in report.recovered.resumed],
-            "runs": [_outcome_json(o) for o in report.runs], "blocked": report.blocked}
+    data = {"recovered": [outcome_view(o) for o in report.recovered.resumed],
+            "runs": [outcome_view(o) for o in report.runs], "blocked": report.blocked}
 
     def human(_: Any) -> None:
         for o in report.recovered.resumed:
@@ -313,6 +345,95 @@ def run_show(run_id: str, as_json: bool) -> None:
     _emit(data, as_json, human)
 
 
+def _set_status(workflow: str, status: WorkflowStatus, reason: str | None, as_json: bool
+                ) -> None:
+    with _host() as host:
+        wf = service.set_status(host, workflow, status, reason=reason)
+    _notify_server(wf.name)
+    data = {"workflow": wf.name, "status": wf.status.value, "statusReason": wf.status_reason}
+    _emit(data, as_json, lambda d: click.echo(f"{d['workflow']}: {d['status']}"))
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--reason", help="Why (kept with the status and in the audit log).")
+@json_option
+@friendly
+def pause(workflow: str, reason: str | None, as_json: bool) -> None:
+    """Stop running WORKFLOW on schedule (manual triggers still work)."""
+    _set_status(workflow, WorkflowStatus.PAUSED, reason, as_json)
+
+
+@main.command()
+@click.argument("workflow")
+@json_option
+@friendly
+def resume(workflow: str, as_json: bool) -> None:
+    """Run WORKFLOW on schedule again (from paused, needs action or disabled)."""
+    _set_status(workflow, WorkflowStatus.ACTIVE, None, as_json)
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--reason", help="Why (kept with the status and in the audit log).")
+@json_option
+@friendly
+def disable(workflow: str, reason: str | None, as_json: bool) -> None:
+    """Turn WORKFLOW off: nothing runs, not even manual triggers, until resumed."""
+    _set_status(workflow, WorkflowStatus.DISABLED, reason, as_json)
+
+
+@main.command()
+@click.argument("workflow", required=False)
+@json_option
+@friendly
+def status(workflow: str | None, as_json: bool) -> None:
+    """What runs when, and why something is not running."""
+    server = find_server(Settings())
+    with _host() as host:
+        data = service.status(host, workflow,
+                              server={"pid": server.pid, "url": server.url} if server else None)
+    _emit(data, as_json, _print_status)
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    srv = data["server"]
+    click.echo(f"server: running, pid {srv['pid']}, {srv['url']}" if srv else
+               "server: not running (start it with `keepflow serve`)")
+    for w in data["workflows"]:
+        click.echo(f"\n{w['name']} (v{w['version'] or '-'}): {w['status']} — {w['why']}")
+        for p in w["producers"]:
+            last = p["lastRun"]
+            click.echo(f"  producer {p['name']}: {p['schedule']}; next {p['nextFire'] or '-'}"
+                       f"; last run {last['status'] if last else 'never'}"
+                       + (f"; {p['skippedTicks']} tick(s) skipped" if p["skippedTicks"] else ""))
+        for c in w["consumers"]:
+            wake = f" until {c['wake']}" if c["state"] == "sleeping" else ""
+            click.echo(f"  consumer {c['name']}: {c['state']}{wake}; {c['pending']} pending")
+        for topic, n in w["topics"].items():
+            click.echo(f"  topic {topic}: {n['pending']} pending, {n['consumed']} consumed, "
+                       f"{n['skipped']} skipped")
+
+
+@main.command()
+@click.option("--host", "bind", default="127.0.0.1", show_default=True,
+              help="Address to listen on (non-loopback needs KEEPFLOW_API_TOKEN).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Port for the API and UI; 0 picks a free port and prints it.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Structured logs on stderr as text or JSON lines.")
+@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="Seconds runs get to reach a durable point on shutdown.")
+@friendly
+def serve(bind: str, port: int, log_format: str, grace: float) -> None:
+    """Run the host: scheduler, recovery and API, until SIGINT/SIGTERM."""
+    from keepflow.serve import ServeOptions
+    from keepflow.serve import serve as run_server
+
+    sys.exit(run_server(Settings(), ServeOptions(host=bind, port=port, log_format=log_format,
+                                                 grace_seconds=grace)))
+
+
 @main.command()
 @click.argument("run_id")
 @json_option
@@ -321,7 +442,7 @@ def retry(run_id: str, as_json: bool) -> None:
     """Retry a failed run from its last durable point (an applied mutation is never redone)."""
     with _host() as host:
         outcome = service.retry_run(host, run_id)
-    _emit(_outcome_json(outcome), as_json, lambda _: click.echo(_outcome_line(outcome)))
+    _emit(outcome_view(outcome), as_json, lambda _: click.echo(_outcome_line(outcome)))
     _run_exit(outcome)
 
 

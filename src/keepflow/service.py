@@ -130,6 +130,8 @@ def trigger(host: Host, workflow: str, handler: str) -> RunOutcome:
     if handler not in manifest.producers and handler not in manifest.consumers:
         known = ", ".join(sorted([*manifest.producers, *manifest.consumers]))
         raise NotFound(f"workflow '{wf.name}' has no handler '{handler}' (handlers: {known})")
+    if wf.status is WorkflowStatus.DISABLED:
+        raise Conflict(f"workflow '{wf.name}' is disabled; resume it first")
     _refuse_if_busy(host, wf)
     with host.lease(wf) as fence:
         if handler in manifest.producers:
@@ -178,6 +180,35 @@ def _drain_one(host: Host, wf: WorkflowRecord, report: DrainReport, max_runs: in
             if outcome.status is not RunStatus.COMMITTED:
                 report.blocked[wf.name] = f"run {outcome.run_id} is {outcome.status.value}"
                 return
+
+
+def set_status(host: Host, workflow: str, status: WorkflowStatus, actor: str = "cli",
+               reason: str | None = None) -> WorkflowRecord:
+    """pause / resume / disable (SPEC §12), audited; a running server re-reads it at once."""
+    wf = host.store.get_workflow(workflow)
+    allowed = {
+        WorkflowStatus.PAUSED: {WorkflowStatus.ACTIVE, WorkflowStatus.NEEDS_ACTION},
+        WorkflowStatus.ACTIVE: {WorkflowStatus.PAUSED, WorkflowStatus.NEEDS_ACTION,
+                                WorkflowStatus.FAILED, WorkflowStatus.DISABLED},
+        WorkflowStatus.DISABLED: set(WorkflowStatus) - {WorkflowStatus.DISABLED},
+    }[status]
+    if wf.status not in allowed:
+        raise Conflict(f"workflow '{wf.name}' is {wf.status.value}; it cannot be "
+                       f"{_VERBS[status]}")
+    default = {WorkflowStatus.PAUSED: f"paused by {actor}",
+               WorkflowStatus.DISABLED: f"disabled by {actor}"}.get(status)
+    return host.store.set_workflow_status(wf.id, status, reason or default, actor)
+
+
+_VERBS = {WorkflowStatus.PAUSED: "paused", WorkflowStatus.ACTIVE: "resumed",
+          WorkflowStatus.DISABLED: "disabled"}
+
+
+def status(host: Host, workflow: str | None = None,
+           server: dict[str, Any] | None = None) -> dict[str, Any]:
+    from keepflow import status as status_view
+
+    return {"server": server, "workflows": status_view.status(host, workflow)}
 
 
 def retry_run(host: Host, run_id: str) -> RunOutcome:

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL of the store; default: SQLite under home"
     )
     sandbox_workers: int = Field(default=2, ge=1, le=64, description="JS worker processes")
+    run_concurrency: int = Field(default=8, ge=1, le=256,
+                                 description="runs of different workflows in parallel (serve)")
+    api_token: str | None = Field(default=None, description="required for non-loopback binds")
 
     @property
     def store_url(self) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from keepflow.model import EventRecord, MutationRecord, RunRecord, VersionRecord, WorkflowRecord
+from keepflow.runtime.executor import RunOutcome
 from keepflow.store import events as ev
 from keepflow.store import ledger, queries, runs
 
@@ -111,3 +112,11 @@ def run_view(conn: Connection, r: RunRecord, *, detail: bool = False) -> dict[st
             "logs": runs.logs(conn, r.id),
         }
     return out
+
+
+def outcome_view(o: RunOutcome) -> dict[str, Any]:
+    """A run's outcome as `trigger`, `retry` and `drain` report it."""
+    return {"id": o.run_id, "handler": o.handler, "kind": o.kind.value,
+            "status": o.status.value, "mutation": o.mutation,
+            "failureClass": (o.failure or {}).get("class"),
+            "failureMessage": (o.failure or {}).get("message")}

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from tests.support.sink import Sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

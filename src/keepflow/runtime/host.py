@@ -60,7 +60,7 @@ class Host:
         fence = self.store.acquire_lease(wf.id, self.owner)
         if fence is None:
             holder = self.store.lease_owner(wf.id)
-            if holder and _dead_local_process(holder):
+            if holder and dead_local_process(holder):
                 # A process on this machine died holding the lease (e.g. killed): take over.
                 fence = self.store.acquire_lease(wf.id, self.owner, stale_owner=holder)
         if fence is None:
@@ -87,7 +87,7 @@ class Host:
         self.close()
 
 
-def _dead_local_process(owner: str) -> bool:
+def dead_local_process(owner: str) -> bool:
     """Whether a lease owner ``host:pid:nonce`` names a process of this machine that is gone."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]

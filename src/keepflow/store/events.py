@@ -26,40 +26,31 @@ def publish_txn(
 ) -> PublishReport:
     """Insert new events; an existing ``(workflow, topic, messageId)`` is a no-op (SPEC §3)."""
     report = PublishReport()
-    by_topic: dict[str, list[EventDraft]] = {}
+    by_topic: dict[str, list[str]] = {}
     for d in drafts:
-        by_topic.setdefault(d.topic, []).append(d)
-    for topic, items in by_topic.items():
-        existing = {
-            r.message_id: r.payload_sha256
-            for r in conn.execute(
-                select(events.c.message_id, events.c.payload_sha256).where(
-                    events.c.workflow_id == workflow_id,
-                    events.c.topic == topic,
-                    events.c.message_id.in_([d.message_id for d in items]),
-                )
-            )
-        }
-        fresh = []
-        for d in items:
-            if d.message_id in existing:
-                report.duplicates.append(f"{topic}/{d.message_id}")
-                if existing[d.message_id] != d.payload_sha256:
-                    report.differing.append(f"{topic}/{d.message_id}")
-                continue
-            existing[d.message_id] = d.payload_sha256
-            fresh.append(d)
-        for d in fresh:
-            event_id = conn.execute(
-                insert(events).values(
-                    workflow_id=workflow_id, topic=topic, message_id=d.message_id,
-                    title=d.title, payload=d.payload, payload_sha256=d.payload_sha256,
-                    status=EventStatus.PENDING.value, attempt=1, created_by=run_id,
-                    created_at=now, updated_at=now,
-                ).returning(events.c.id)
-            ).scalar_one()
-            _history(conn, event_id, EventStatus.PENDING, run_id, "published", now)
-            report.inserted.append(f"{topic}/{d.message_id}")
+        by_topic.setdefault(d.topic, []).append(d.message_id)
+    existing: dict[tuple[str, str], str] = {}
+    for topic, ids in by_topic.items():
+        for mid, sha in payload_hashes(conn, workflow_id, topic, ids).items():
+            existing[(topic, mid)] = sha
+    for d in drafts:  # in publish order: append order is the order the script published in
+        key = (d.topic, d.message_id)
+        if key in existing:
+            report.duplicates.append(f"{d.topic}/{d.message_id}")
+            if existing[key] != d.payload_sha256:
+                report.differing.append(f"{d.topic}/{d.message_id}")
+            continue
+        existing[key] = d.payload_sha256
+        event_id = conn.execute(
+            insert(events).values(
+                workflow_id=workflow_id, topic=d.topic, message_id=d.message_id,
+                title=d.title, payload=d.payload, payload_sha256=d.payload_sha256,
+                status=EventStatus.PENDING.value, attempt=1, created_by=run_id,
+                created_at=now, updated_at=now,
+            ).returning(events.c.id)
+        ).scalar_one()
+        _history(conn, event_id, EventStatus.PENDING, run_id, "published", now)
+        report.inserted.append(f"{d.topic}/{d.message_id}")
     return report
 
 

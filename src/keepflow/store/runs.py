@@ -73,7 +73,7 @@ def load_state(conn: Connection, workflow_id: str, handler: str) -> tuple[bool, 
     return True, row.state
 
 
-def _ensure_state_row(conn: Connection, workflow_id: str, handler: str, now: datetime) -> None:
+def ensure_state_row(conn: Connection, workflow_id: str, handler: str, now: datetime) -> None:
     exists = conn.execute(
         select(handler_state.c.handler).where(
             handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler)
@@ -85,7 +85,7 @@ def _ensure_state_row(conn: Connection, workflow_id: str, handler: str, now: dat
 
 def save_state_txn(conn: Connection, workflow_id: str, update_: StateUpdate, run_id: str,
                    now: datetime) -> None:
-    _ensure_state_row(conn, workflow_id, update_.handler, now)
+    ensure_state_row(conn, workflow_id, update_.handler, now)
     conn.execute(
         update(handler_state)
         .where(handler_state.c.workflow_id == workflow_id,
@@ -97,7 +97,7 @@ def save_state_txn(conn: Connection, workflow_id: str, update_: StateUpdate, run
 def set_sleep_txn(conn: Connection, workflow_id: str, handler: str, until: datetime | None,
                   watermark: int | None, now: datetime) -> None:
     """SPEC §7.3: a consumer sleeps after empty reservations; any other outcome wakes it."""
-    _ensure_state_row(conn, workflow_id, handler, now)
+    ensure_state_row(conn, workflow_id, handler, now)
     conn.execute(
         update(handler_state)
         .where(handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler)

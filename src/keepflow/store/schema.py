@@ -84,6 +84,8 @@ workflows = Table(
     Column("fence", BigInteger, nullable=False, server_default=text("0")),
     _ts("created_at"),
     _ts("updated_at"),
+    # A running host notices deploys, pauses and resumes by the newest updated_at (SPEC §7).
+    Index("ix_workflows_updated_at", "updated_at"),
 )
 
 script_versions = Table(
@@ -121,6 +123,7 @@ runs = Table(
     _ts("updated_at"),
     _ts("finished_at", nullable=True),
     Index("ix_runs_workflow_created", "workflow_id", "id"),
+    Index("ix_runs_workflow_handler", "workflow_id", "handler", "id"),
     Index("ix_runs_status", "status"),
 )
 
@@ -201,6 +204,13 @@ handler_state = Table(
     # ``sleep_watermark`` arrives, ``sleep_until`` passes, or a person triggers it.
     _ts("sleep_until", nullable=True),
     Column("sleep_watermark", BigInteger),
+    # SPEC §7.2: producers fire from the last stored fire time; ticks that found the workflow
+    # busy are skipped and counted. Wake-ups are recorded for "why isn't it running?".
+    _ts("last_fired_at", nullable=True),
+    Column("skipped_ticks", Integer, nullable=False, server_default=text("0")),
+    _ts("last_skipped_at", nullable=True),
+    _ts("woken_at", nullable=True),
+    Column("wake_reason", String(64)),
 )
 
 mutations = Table(

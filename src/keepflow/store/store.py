@@ -8,17 +8,14 @@ of a run's work checks the workflow's fence (SPEC §13).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Engine
 
 from keepflow import faults
-from keepflow.errors import KeepflowError, StoreError
 from keepflow.model import (
     UNFINISHED,
     EventDraft,
@@ -40,7 +37,9 @@ from keepflow.model import (
 from keepflow.store import events as ev
 from keepflow.store import ledger, runs
 from keepflow.store import workflows as wf
-from keepflow.store.engine import READ_ONLY, make_engine, migrate
+from keepflow.store.bookkeeping import SchedulerBookkeeping
+from keepflow.store.engine import make_engine, migrate
+from keepflow.store.operations import PeopleOperations
 from keepflow.store.rows import utcnow
 
 LEASE_TTL = timedelta(minutes=5)
@@ -66,7 +65,7 @@ class Settle:
     resolved_by: str = "host"
 
 
-class Store:
+class Store(PeopleOperations, SchedulerBookkeeping):
     def __init__(self, url: str, *, clock: Callable[[], datetime] = utcnow,
                  auto_migrate: bool = True) -> None:
         self.url = url
@@ -82,31 +81,6 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    # ------------------------------------------------------------------ transactions
-
-    @contextmanager
-    def _translate(self) -> Iterator[None]:
-        try:
-            yield
-        except KeepflowError:
-            raise
-        except sa_exc.SQLAlchemyError as exc:
-            first = exc.args[0] if exc.args else exc
-            raise StoreError(f"store error: {type(exc).__name__}: {first}") from exc
-
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        with self._translate(), self.engine.begin() as conn:
-            yield conn
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        with self._translate(), self.engine.connect() as raw:
-            conn = raw.execution_options(**{READ_ONLY: True})
-            with conn.begin():
-                yield conn
 
     # ------------------------------------------------------------------ leases (SPEC §13)
 
@@ -283,75 +257,3 @@ class Store:
     def mutations_with_status(self, status: LedgerStatus) -> list[MutationRecord]:
         with self.read() as conn:
             return ledger.with_status(conn, status)
-
-    # ------------------------------------------------------------------ scheduling reads
-
-    def ready_consumers(self, workflow_id: str, consumers: Mapping[str, Sequence[str]],
-                        now: datetime) -> list[tuple[int, str]]:
-        """(oldest pending event id, consumer) of every ready consumer, oldest first.
-
-        SPEC §7.3: ready = a subscribed topic has pending unreserved events and the consumer is
-        not asleep; a sleeping consumer wakes when an event newer than its watermark arrives
-        or its backoff timeout passes.
-        """
-        ready: list[tuple[int, str]] = []
-        with self.read() as conn:
-            for name, topics in consumers.items():
-                oldest, newest = ev.ready_window(conn, workflow_id, list(topics))
-                if oldest is None or newest is None:
-                    continue
-                until, watermark = runs.sleep_info(conn, workflow_id, name)
-                asleep = until is not None and now < until and (
-                    watermark is not None and newest <= watermark)
-                if not asleep:
-                    ready.append((oldest, name))
-        return sorted(ready)
-
-    # ------------------------------------------------------------------ operations of people
-
-    def create_workflow(self, name: str, actor: str) -> WorkflowRecord:
-        with self.write() as conn:
-            rec = wf.create_txn(conn, name, self.clock())
-            wf.audit_txn(conn, actor=actor, action="workflow.create", target_type="workflow",
-                         target_id=rec.id, after={"name": name}, now=self.clock())
-            return rec
-
-    def add_version(self, workflow_id: str, *, source: str, source_sha256: str,
-                    manifest: dict[str, Any], findings: list[dict[str, Any]], created_by: str,
-                    bump: str = "major") -> VersionRecord:
-        with self.write() as conn:
-            before = wf.get(conn, workflow_id).current_version_id
-            rec = wf.add_version_txn(conn, workflow_id, source=source,
-                                     source_sha256=source_sha256, manifest=manifest,
-                                     findings=findings, created_by=created_by, bump=bump,
-                                     now=self.clock())
-            wf.audit_txn(conn, actor=created_by, action="workflow.deploy",
-                         target_type="workflow", target_id=workflow_id,
-                         before={"versionId": before},
-                         after={"versionId": rec.id, "version": rec.label}, now=self.clock())
-            return rec
-
-    def find_workflow(self, name: str) -> WorkflowRecord | None:
-        with self.read() as conn:
-            return wf.find(conn, name)
-
-    def list_workflows(self) -> list[WorkflowRecord]:
-        with self.read() as conn:
-            return wf.list_all(conn)
-
-    def skip_event(self, workflow_id: str, topic: str, message_id: str, actor: str
-                   ) -> EventRecord:
-        now = self.clock()
-        with self.write() as conn:
-            before = ev.by_message_ids(conn, workflow_id, topic, [message_id]).get(message_id)
-            rec = ev.skip_event_txn(conn, workflow_id, topic, message_id, actor, now)
-            wf.audit_txn(conn, actor=actor, action="event.skip", target_type="event",
-                         target_id=f"{workflow_id}/{topic}/{message_id}",
-                         before={"status": before.status.value if before else None},
-                         after={"status": rec.status.value}, now=now)
-            return rec
-
-    def audit_entries(self, target_type: str | None = None, target_id: str | None = None
-                      ) -> list[dict[str, Any]]:
-        with self.read() as conn:
-            return wf.audit_entries(conn, target_type, target_id)

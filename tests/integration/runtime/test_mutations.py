@@ -6,7 +6,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tests.integration.runtime.conftest import (
+
+from keepflow import service
+from keepflow.model import RunStatus
+from tests.support.sink import Sink
+from tests.support.workflows import (
     consumer_js,
     deploy_source,
     events_of,
@@ -14,10 +18,6 @@ from tests.integration.runtime.conftest import (
     seed_producer,
     workflow_js,
 )
-from tests.support.sink import Sink
-
-from keepflow import service
-from keepflow.model import RunStatus
 
 pytestmark = pytest.mark.integration
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.integration.runtime.conftest import (
+
+from keepflow import service
+from keepflow.model import RunStatus
+from tests.support.sink import Sink
+from tests.support.workflows import (
     consumer_js,
     deploy_source,
     events_of,
     seed_producer,
     workflow_js,
 )
-from tests.support.sink import Sink
-
-from keepflow import service
-from keepflow.model import RunStatus
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.integration.runtime.conftest import (
+
+from keepflow import service
+from keepflow.model import RunStatus
+from tests.support.workflows import (
     consumer_js,
     deploy_source,
     events_of,
@@ -13,9 +16,6 @@ from tests.integration.runtime.conftest import (
     seed_producer,
     workflow_js,
 )
-
-from keepflow import service
-from keepflow.model import RunStatus
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.integration.runtime.conftest import (
+
+from keepflow import faults, service
+from keepflow.model import RunDraft, RunKind, RunStatus, Transition
+from keepflow.runtime.host import Host
+from keepflow.runtime.recovery import recover
+from tests.support.sink import Sink
+from tests.support.workflows import (
     consumer_js,
     deploy_source,
     events_of,
@@ -19,12 +25,6 @@ from tests.integration.runtime.conftest import (
     seed_producer,
     workflow_js,
 )
-from tests.support.sink import Sink
-
-from keepflow import faults, service
-from keepflow.model import RunDraft, RunKind, RunStatus, Transition
-from keepflow.runtime.host import Host
-from keepflow.runtime.recovery import recover
 
 pytestmark = pytest.mark.integration
 

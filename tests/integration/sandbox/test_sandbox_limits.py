@@ -4,11 +4,11 @@ logic failures)."""
 from __future__ import annotations
 
 import pytest
-from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 from keepflow.errors import SandboxLimitExceeded
 from keepflow.sandbox.api import SandboxLimits
 from keepflow.sandbox.pool import SandboxPool
+from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 pytestmark = pytest.mark.integration
 

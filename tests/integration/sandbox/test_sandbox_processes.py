@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 from keepflow.errors import SandboxCrashed, SandboxLimitExceeded
 from keepflow.sandbox.api import HostCall, Reply, Resolve, SandboxLimits
 from keepflow.sandbox.pool import SandboxPool
+from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 pytestmark = pytest.mark.integration
 

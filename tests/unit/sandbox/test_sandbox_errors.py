@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 from keepflow.errors import (
     InvalidResult,
@@ -17,6 +16,7 @@ from keepflow.errors import (
 from keepflow.sandbox.api import HostCall, Reply, SandboxLimits
 from keepflow.sandbox.native import EngineHooks
 from keepflow.sandbox.pool import SandboxPool
+from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.support.sandbox import Host, run_script, workflow
 
 from keepflow.sandbox.api import JS_MAX_SAFE_INTEGER, HostCall, Resolve, SandboxLimits
 from keepflow.sandbox.pool import SandboxPool
+from tests.support.sandbox import Host, run_script, workflow
 
 PRODUCER = """
 export default Keep.workflow({

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 from keepflow.errors import ScriptError
 from keepflow.sandbox.api import HostCall, Resolve
 from keepflow.sandbox.pool import SandboxPool
+from tests.support.sandbox import Host, assert_pool_works, run_script, workflow
 
 
 def echo(call: HostCall) -> Resolve:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tests.support.sandbox import Host, assert_pool_works, terminate_tools, workflow
-
 from keepflow.sandbox.pool import SandboxPool
+from tests.support.sandbox import Host, assert_pool_works, terminate_tools, workflow
 
 MUTATE = """
 export default Keep.workflow({ consumers: { c: Keep.consumer({ subscribe: ["t"],

@@ -1,79 +1,22 @@
-"""Fixtures for executor tests: a real store (SQLite and PostgreSQL), the real sandbox, a real
-HTTP sink and a real SQL target database."""
+"""Building workflow scripts and reading results in tests."""
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from tests.support.sink import Sink
-
 from keepflow import service
-from keepflow.clock import FakeClock
-from keepflow.connectors.base import ConnectionConfig
-from keepflow.connectors.config import Connections
-from keepflow.policies import Policy, PolicyBook, RetryPolicy, TimeoutPolicy
+from keepflow.policies import Policy, RetryPolicy, TimeoutPolicy
 from keepflow.runtime.host import Host
-from keepflow.sandbox.pool import SandboxPool
-from keepflow.settings import Settings
-
-pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def pool() -> Iterator[SandboxPool]:
-    with SandboxPool(size=2) as p:
-        yield p
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink(hang_seconds=2.0).start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def target_db(tmp_path: Path) -> str:
-    """The user's own database that the `db` connection writes to."""
-    import sqlite3
-
-    path = tmp_path / "target.db"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE rows (k TEXT PRIMARY KEY, v TEXT)")
-    return f"sqlite:///{path}"
-
-
-def test_policy() -> Policy:
+def quick_policy() -> Policy:
     return Policy(
         retry=RetryPolicy(max_attempts=3, base_seconds=0.01, jitter=0),
         timeouts=TimeoutPolicy(tool_call_seconds=0.5, reconcile_call_seconds=0.5,
                                handler_cpu_seconds=1.0, handler_wall_seconds=10),
     )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def host(store_url: str, tmp_path: Path, pool: SandboxPool, sink: Sink, target_db: str,
-         clock: FakeClock) -> Iterator[Host]:
-    connections = Connections([
-        ConnectionConfig("http", "http", {}),
-        ConnectionConfig("api", "http", {"base_url": sink.url}),
-        ConnectionConfig("db", "sql", {"url": target_db}),
-    ])
-    settings = Settings(home=tmp_path / "home", database_url=store_url)
-    h = Host(settings, clock=clock, connections=connections, pool=pool,
-             policies=PolicyBook(test_policy()))
-    yield h
-    h.close()
-    connections.close()
 
 
 def deploy_source(host: Host, tmp_path: Path, source: str, name: str = "wf.js"

@@ -1,0 +1,21 @@
+"""Running what the scheduler decided: one request → one run of the executor."""
+
+from __future__ import annotations
+
+from keepflow.errors import Conflict
+from keepflow.model import Fence, RunKind
+from keepflow.runtime.executor import RunOutcome
+from keepflow.runtime.host import Host
+from keepflow.scheduler.core import RunRequest
+
+
+def execute(host: Host, fence: Fence | None, request: RunRequest) -> RunOutcome:
+    """Run the request with the workflow's *current* version: a deploy takes effect between
+    runs (SPEC §7, issue: deploy to a running host)."""
+    wf = host.store.get_workflow(request.workflow_id)
+    if wf.current_version_id is None:
+        raise Conflict(f"workflow '{wf.name}' has no deployed version")
+    version = host.store.get_version(wf.current_version_id)
+    if request.kind is RunKind.PRODUCER:
+        return host.executor.run_producer(wf, version, request.handler, request.trigger, fence)
+    return host.executor.run_consumer(wf, version, request.handler, request.trigger, fence)

@@ -1,0 +1,178 @@
+"""``keepflow serve``: the long-running host (SPEC §7, §13).
+
+One process: the store (migrated), recovery of unfinished runs (SPEC §5.5), the sandbox
+worker pool, the scheduler loop and the HTTP API, until SIGINT/SIGTERM. Shutdown is graceful:
+no new runs start, runs in progress get ``grace`` seconds to reach their next durable point
+(backoff sleeps end at once), workers stop, leases are released; whatever did not finish
+resumes on the next start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import uvicorn
+
+from keepflow.client import remove_server_file, write_server_file
+from keepflow.errors import UsageError
+from keepflow.model import WorkflowStatus
+from keepflow.runtime.host import Host
+from keepflow.runtime.recovery import recover
+from keepflow.scheduler.loop import SchedulerLoop, StoppableClock
+from keepflow.settings import Settings
+from keepflow.web.app import create_app
+
+log = logging.getLogger("keepflow")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    log_format: str = "text"  # text | json
+    grace_seconds: float = 30.0
+    status_every: float | None = None  # None: 2 s on a terminal, 60 s otherwise
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {"at": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+                                "level": record.levelname.lower(), "event": record.getMessage()}
+        data.update(getattr(record, "fields", {}))
+        return json.dumps(data, default=str)
+
+
+class TextLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        return f"{self.formatTime(record, '%H:%M:%S')} {record.getMessage()} {extra}".rstrip()
+
+
+def _configure_logging(fmt: str, stream: TextIO) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLines() if fmt == "json" else TextLines())
+    root = logging.getLogger("keepflow")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _bind(host: str, port: int, token: str | None) -> socket.socket:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not token:
+        raise UsageError(f"binding to {host} exposes the API beyond this machine; set "
+                         "KEEPFLOW_API_TOKEN (clients then send it as a bearer token)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another "
+                         "--port (0 picks a free one)") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+class StatusLine:
+    """workflows active, runs/min, needs-action count — on the terminal, now and then."""
+
+    def __init__(self, loop: SchedulerLoop, stream: TextIO, every: float | None) -> None:
+        self.loop = loop
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every = every if every is not None else (2.0 if self.tty else 60.0)
+        self._next = time.monotonic() + self.every
+
+    def text(self) -> str:
+        slots = self.loop.scheduler.slots.values()
+        by = {s: sum(1 for x in slots if x.status is s) for s in WorkflowStatus}
+        return (f"keepflow: {len(slots)} workflows ({by[WorkflowStatus.ACTIVE]} active, "
+                f"{by[WorkflowStatus.NEEDS_ACTION]} need action, "
+                f"{by[WorkflowStatus.PAUSED]} paused) · {self.loop.runs_per_minute()} runs/min"
+                f" · {self.loop.scheduler.running()} running")
+
+    def tick(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.every
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + self.text())
+        else:
+            self.stream.write(self.text() + "\n")
+        self.stream.flush()
+
+
+def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.stderr) -> int:
+    _configure_logging(options.log_format, stream)
+    sock = _bind(options.host, options.port, settings.api_token)
+    port = sock.getsockname()[1]
+    url = f"http://{options.host}:{port}"
+    clock = StoppableClock()
+    host = Host(settings, clock=clock)
+    try:
+        report = recover(host)
+        for o in report.resumed:
+            log.info("recovered", extra={"fields": {"run": o.run_id, "handler": o.handler,
+                                                    "status": o.status.value}})
+        loop = SchedulerLoop(host, concurrency=settings.run_concurrency)
+        loop.scheduler.listeners.append(
+            lambda event, fields: log.info(event, extra={"fields": fields}))
+        status = StatusLine(loop, stream, options.status_every)
+        state: dict[str, Any] = {}
+
+        async def start() -> None:
+            import asyncio
+
+            loop.start()
+            state["task"] = asyncio.create_task(loop.run(status.tick), name="scheduler")
+            log.info("started", extra={"fields": {
+                "url": url, "workflows": len(loop.scheduler.slots), "pid": os.getpid()}})
+
+        async def stop() -> None:
+            left = await loop.shutdown(options.grace_seconds)
+            state["left"] = left
+            task = state.get("task")
+            if task is not None:
+                task.cancel()
+            log.info("stopped", extra={"fields": {"unfinished_runs": left}})
+
+        app = create_app(host, loop, token=settings.api_token, lifespan_hooks=(start, stop))
+        write_server_file(settings, url)
+        print(f"keepflow serve: listening on {url} (pid {os.getpid()})", file=stream,
+              flush=True)
+        config = uvicorn.Config(app, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=int(options.grace_seconds) + 5)
+        # uvicorn handles SIGINT/SIGTERM (graceful shutdown), then re-raises the signal to the
+        # handlers it found: make those no-ops so a clean stop exits 0.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        uvicorn.Server(config).run(sockets=[sock])
+        left = int(state.get("left", 0))
+        if left:
+            # Runs stuck past the grace period: leave like a crash; recovery resumes them.
+            stream.write(f"keepflow serve: {left} run(s) did not reach a durable point in "
+                         f"{options.grace_seconds:g}s; they resume on the next start\n")
+            stream.flush()
+            remove_server_file(settings)
+            os._exit(3)
+        return 0
+    finally:
+        remove_server_file(settings)
+        sock.close()
+        host.close()

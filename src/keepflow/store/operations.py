@@ -1,0 +1,72 @@
+"""Store operations people perform (deploy, skip, pause…), each one transaction with its audit
+record (SPEC §12: who, when, what, before → after)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keepflow.model import EventRecord, VersionRecord, WorkflowRecord, WorkflowStatus
+from keepflow.store import events as ev
+from keepflow.store import workflows as wf
+from keepflow.store.base import StoreBase
+
+
+class PeopleOperations(StoreBase):
+    def create_workflow(self, name: str, actor: str) -> WorkflowRecord:
+        with self.write() as conn:
+            rec = wf.create_txn(conn, name, self.clock())
+            wf.audit_txn(conn, actor=actor, action="workflow.create", target_type="workflow",
+                         target_id=rec.id, after={"name": name}, now=self.clock())
+            return rec
+
+    def add_version(self, workflow_id: str, *, source: str, source_sha256: str,
+                    manifest: dict[str, Any], findings: list[dict[str, Any]], created_by: str,
+                    bump: str = "major") -> VersionRecord:
+        with self.write() as conn:
+            before = wf.get(conn, workflow_id).current_version_id
+            rec = wf.add_version_txn(conn, workflow_id, source=source,
+                                     source_sha256=source_sha256, manifest=manifest,
+                                     findings=findings, created_by=created_by, bump=bump,
+                                     now=self.clock())
+            wf.audit_txn(conn, actor=created_by, action="workflow.deploy",
+                         target_type="workflow", target_id=workflow_id,
+                         before={"versionId": before},
+                         after={"versionId": rec.id, "version": rec.label}, now=self.clock())
+            return rec
+
+    def set_workflow_status(self, workflow_id: str, status: WorkflowStatus, reason: str | None,
+                            actor: str) -> WorkflowRecord:
+        now = self.clock()
+        with self.write() as conn:
+            before = wf.get(conn, workflow_id)
+            wf.set_status_txn(conn, workflow_id, status, reason, now)
+            wf.audit_txn(conn, actor=actor, action=f"workflow.{status.value}",
+                         target_type="workflow", target_id=workflow_id,
+                         before={"status": before.status.value, "reason": before.status_reason},
+                         after={"status": status.value, "reason": reason}, now=now)
+            return wf.get(conn, workflow_id)
+
+    def find_workflow(self, name: str) -> WorkflowRecord | None:
+        with self.read() as conn:
+            return wf.find(conn, name)
+
+    def list_workflows(self) -> list[WorkflowRecord]:
+        with self.read() as conn:
+            return wf.list_all(conn)
+
+    def skip_event(self, workflow_id: str, topic: str, message_id: str, actor: str
+                   ) -> EventRecord:
+        now = self.clock()
+        with self.write() as conn:
+            before = ev.by_message_ids(conn, workflow_id, topic, [message_id]).get(message_id)
+            rec = ev.skip_event_txn(conn, workflow_id, topic, message_id, actor, now)
+            wf.audit_txn(conn, actor=actor, action="event.skip", target_type="event",
+                         target_id=f"{workflow_id}/{topic}/{message_id}",
+                         before={"status": before.status.value if before else None},
+                         after={"status": rec.status.value}, now=now)
+            return rec
+
+    def audit_entries(self, target_type: str | None = None, target_id: str | None = None
+                      ) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            return wf.audit_entries(conn, target_type, target_id)

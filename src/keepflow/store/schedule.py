@@ -1,0 +1,95 @@
+"""Every SQL statement of the scheduler's bookkeeping (SPEC §7): fire times, skipped ticks,
+wake-ups, and the facts the status view shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, func, select, update
+
+from keepflow.store.runs import ensure_state_row
+from keepflow.store.schema import handler_state, runs, workflows
+
+
+@dataclass(frozen=True)
+class HandlerFacts:
+    last_fired_at: datetime | None
+    sleep_until: datetime | None
+    sleep_watermark: int | None
+    skipped_ticks: int
+    last_skipped_at: datetime | None
+    woken_at: datetime | None
+    wake_reason: str | None
+
+
+@dataclass(frozen=True)
+class LastRun:
+    run_id: str
+    status: str
+    at: datetime
+    failure_class: str | None
+
+
+def handler_facts(conn: Connection, workflow_id: str | None = None
+                  ) -> dict[tuple[str, str], HandlerFacts]:
+    q = select(handler_state)
+    if workflow_id is not None:
+        q = q.where(handler_state.c.workflow_id == workflow_id)
+    return {
+        (r["workflow_id"], r["handler"]): HandlerFacts(
+            last_fired_at=r["last_fired_at"], sleep_until=r["sleep_until"],
+            sleep_watermark=r["sleep_watermark"], skipped_ticks=r["skipped_ticks"],
+            last_skipped_at=r["last_skipped_at"], woken_at=r["woken_at"],
+            wake_reason=r["wake_reason"])
+        for r in conn.execute(q).mappings()
+    }
+
+
+def record_fire_txn(conn: Connection, workflow_id: str, handler: str, at: datetime) -> None:
+    ensure_state_row(conn, workflow_id, handler, at)
+    conn.execute(update(handler_state).where(
+        handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler,
+    ).values(last_fired_at=at))
+
+
+def record_skip_txn(conn: Connection, workflow_id: str, handler: str, at: datetime) -> None:
+    ensure_state_row(conn, workflow_id, handler, at)
+    conn.execute(update(handler_state).where(
+        handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler,
+    ).values(last_fired_at=at, skipped_ticks=handler_state.c.skipped_ticks + 1,
+             last_skipped_at=at))
+
+
+def record_wake_txn(conn: Connection, workflow_id: str, handler: str, reason: str,
+                    at: datetime) -> None:
+    ensure_state_row(conn, workflow_id, handler, at)
+    conn.execute(update(handler_state).where(
+        handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler,
+    ).values(woken_at=at, wake_reason=reason))
+
+
+def last_runs(conn: Connection, workflow_id: str) -> dict[str, LastRun]:
+    """The newest run of each handler of a workflow."""
+    newest = (select(runs.c.handler, func.max(runs.c.id).label("id"))
+              .where(runs.c.workflow_id == workflow_id).group_by(runs.c.handler).subquery())
+    q = select(runs.c.id, runs.c.handler, runs.c.status, runs.c.created_at,
+               runs.c.finished_at, runs.c.failure).join(newest, newest.c.id == runs.c.id)
+    out = {}
+    for r in conn.execute(q):
+        failure = r.failure or {}
+        out[r.handler] = LastRun(r.id, r.status, r.finished_at or r.created_at,
+                                 failure.get("class"))
+    return out
+
+
+def newest_change(conn: Connection) -> datetime | None:
+    """The newest ``updated_at`` of any workflow: a running host re-reads on change."""
+    value: datetime | None = conn.execute(select(func.max(workflows.c.updated_at))).scalar()
+    return value
+
+
+def changed_since(conn: Connection, since: datetime) -> list[str]:
+    """Workflows updated after ``since`` (indexed on ``updated_at``)."""
+    q = select(workflows.c.id).where(workflows.c.updated_at > since)
+    return [r.id for r in conn.execute(q)]
