@@ -161,3 +161,67 @@ def test_serve_refuses_a_public_bind_without_a_token(env: dict[str, str]) -> Non
     res = cli(env, "serve", "--host", "0.0.0.0", "--port", "0")
     assert res.returncode == 2
     assert "KEEPFLOW_API_TOKEN" in res.stderr
+
+
+BACKOFF = """
+export default Keep.workflow({
+  name: "orders",
+  topics: { "order": {} },
+  producers: {
+    seed: async (ctx) => { await ctx.publish("order", { messageId: "o1", title: "Order 1" }); },
+  },
+  consumers: {
+    send: Keep.consumer({
+      subscribe: ["order"],
+      async prepare(ctx) {
+        const [e] = await ctx.peek("order", { limit: 1 });
+        if (!e) return { reservations: [], data: {} };
+        return { reservations: [{ topic: "order", ids: [e.messageId] }], data: {} };
+      },
+      async mutate(ctx, prepared) {
+        await ctx.api.post({ url: "/orders", json: { id: 1 },
+                             reconcile: { url: "/records/{idempotencyKey}" } });
+      },
+      async next(ctx, prepared, mutation) { return null; },
+    }),
+  },
+});
+"""
+
+
+def test_shutdown_interrupts_a_backoff_and_the_run_resumes_after_restart(
+        env: dict[str, str], tmp_path: Path, servers: list[Server]) -> None:
+    """Graceful stop is bounded: a run waiting 60 s to retry stops at its durable point."""
+    from tests.support.sink import Sink
+
+    sink = Sink().start()
+    home = Path(env["KEEPFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "connections.toml").write_text(
+        f'[connections.api]\ntype = "http"\nbase_url = "{sink.url}"\n', encoding="utf-8")
+    (home / "policy.toml").write_text("[retry]\nbase_seconds = 60\njitter = 0\n",
+                                      encoding="utf-8")
+    script = tmp_path / "orders.js"
+    script.write_text(BACKOFF, encoding="utf-8")
+    assert cli(env, "deploy", str(script)).returncode == 0
+    log = tmp_path / "serve.log"
+    servers.append(Server(env, log))
+    sink.set_plan("unavailable_503")
+    cli(env, "trigger", "orders", "seed")
+    wait_for(lambda: sum(1 for r in sink.requests if r[0] == "POST") == 1, 30,
+             "the first (refused) attempt")
+    time.sleep(0.5)  # the run is now sleeping 60 s before re-executing mutate
+    t0 = time.monotonic()
+    assert servers[0].stop() == 0
+    assert time.monotonic() - t0 < 15
+    [run] = [r for r in cli_json(env, "runs", "orders") if r["handler"] == "send"]
+    assert run["status"] == "mutating"
+    assert [m["status"] for m in run["mutations"]] == ["failed"]
+    servers.append(Server(env, log))  # recovery re-executes mutate (attempt 2)
+    wait_for(lambda: cli_json(env, "events", "orders")[0]["status"] == "consumed", 30,
+             "the event consumed after the restart")
+    assert servers[1].stop() == 0
+    [run] = [r for r in cli_json(env, "runs", "orders") if r["handler"] == "send"]
+    assert [m["status"] for m in run["mutations"]] == ["failed", "applied"]
+    assert len(sink.applied) == 1
+    sink.stop()

@@ -114,6 +114,10 @@ class Sink:
                     else:
                         self._reply(200, {"id": rec.seq, "key": key, "body": rec.body})
                     return
+                if self.path == "/stats":
+                    with sink.lock:
+                        self._reply(200, {"applied": len(sink.applied)})
+                    return
                 self._reply(200, {"path": self.path, "items": [1, 2, 3]})
 
             def do_POST(self) -> None:
@@ -162,3 +166,18 @@ class Sink:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+def serve_forever() -> None:
+    """``python -m tests.support.sink``: a sink in its own process (benchmarks), printing its
+    URL; ``GET /stats`` reports how many mutations it applied."""
+    sink = Sink().start()
+    print(sink.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        sink.stop()
+
+
+if __name__ == "__main__":
+    serve_forever()

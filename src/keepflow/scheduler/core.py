@@ -90,30 +90,36 @@ class Scheduler:
     # ------------------------------------------------------------------ loading
 
     def load(self, workflow_ids: set[str] | None = None) -> None:
-        """(Re)read workflows from the store; ``None`` means all (start-up)."""
+        """(Re)read workflows from the store; ``None`` means all (start-up). A handful of
+        queries whatever the number of workflows."""
         records = [w for w in self.store.list_workflows()
                    if workflow_ids is None or w.id in workflow_ids]
-        facts = self.store.handler_facts() if workflow_ids is None else {}
+        if not records:
+            return
+        ids = None if workflow_ids is None else [w.id for w in records]
+        manifests, unfinished = self.store.scheduling_snapshot(ids)
+        facts = self.store.handler_facts() if workflow_ids is None or len(records) > 1 \
+            else self.store.handler_facts(records[0].id)
         for wf in records:
-            self._load_one(wf, facts if workflow_ids is None else
-                           self.store.handler_facts(wf.id))
+            raw = manifests.get(wf.id)
+            manifest = WorkflowManifest.from_dict(raw) if raw is not None else None
+            self._load_one(wf, manifest, unfinished.get(wf.id), facts)
 
     def forget(self, workflow_id: str) -> None:
         self.slots.pop(workflow_id, None)
 
-    def _load_one(self, wf: WorkflowRecord, facts: Mapping[tuple[str, str], HandlerFacts]
-                  ) -> None:
-        manifest = None
-        if wf.current_version_id is not None:
-            version = self.store.get_version(wf.current_version_id)
-            manifest = WorkflowManifest.from_dict(version.manifest)
+    def _load_one(self, wf: WorkflowRecord, manifest: WorkflowManifest | None,
+                  unfinished: tuple[str, str, str] | None,
+                  facts: Mapping[tuple[str, str], HandlerFacts]) -> None:
         old = self.slots.get(wf.id)
         slot = Slot(wf.id, wf.name, wf.status, manifest,
                     generation=(old.generation + 1) if old else 0)
         if old is not None:
             slot.busy, slot.manual, slot.due_producers = old.busy, old.manual, old.due_producers
         self.slots[wf.id] = slot
-        self._refresh_block(slot)
+        if slot.busy is None:
+            slot.blocked = (f"run {unfinished[0]} ({unfinished[1]}) is {unfinished[2]}"
+                            if unfinished else None)
         now = self.now()
         if manifest is not None:
             for name, producer in manifest.producers.items():

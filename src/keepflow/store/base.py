@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -16,6 +18,9 @@ from keepflow.store.engine import READ_ONLY
 class StoreBase:
     engine: Engine
     clock: Callable[[], datetime]
+    #: SQLite has one writer at a time; threads of this process queue on this lock instead
+    #: of SQLite's sleep-and-retry busy handler (much faster hand-over under contention).
+    _write_lock: threading.Lock | None = None
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
@@ -31,7 +36,8 @@ class StoreBase:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        with self._translate(), self.engine.begin() as conn:
+        lock = self._write_lock or contextlib.nullcontext()
+        with lock, self._translate(), self.engine.begin() as conn:
             yield conn
 
     @contextmanager

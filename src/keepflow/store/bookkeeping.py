@@ -60,6 +60,14 @@ class SchedulerBookkeeping(StoreBase):
         with self.read() as conn:
             return schedule.newest_change(conn)
 
+    def scheduling_snapshot(self, workflow_ids: list[str] | None = None
+                            ) -> tuple[dict[str, dict[str, object]],
+                                       dict[str, tuple[str, str, str]]]:
+        """(current manifests, unfinished runs) by workflow: what a scheduler loads at start."""
+        with self.read() as conn:
+            return (schedule.current_manifests(conn, workflow_ids),
+                    schedule.unfinished_by_workflow(conn))
+
     def changed_since(self, since: datetime) -> list[str]:
         with self.read() as conn:
             return schedule.changed_since(conn, since)

@@ -93,3 +93,24 @@ def changed_since(conn: Connection, since: datetime) -> list[str]:
     """Workflows updated after ``since`` (indexed on ``updated_at``)."""
     q = select(workflows.c.id).where(workflows.c.updated_at > since)
     return [r.id for r in conn.execute(q)]
+
+
+def current_manifests(conn: Connection, workflow_ids: list[str] | None = None
+                      ) -> dict[str, dict[str, object]]:
+    """workflow id → manifest of its current version, in one query."""
+    from keepflow.store.schema import script_versions
+
+    q = select(workflows.c.id, script_versions.c.manifest).join(
+        script_versions, script_versions.c.id == workflows.c.current_version_id)
+    if workflow_ids is not None:
+        q = q.where(workflows.c.id.in_(workflow_ids))
+    return {r.id: r.manifest for r in conn.execute(q)}
+
+
+def unfinished_by_workflow(conn: Connection) -> dict[str, tuple[str, str, str]]:
+    """workflow id → (run id, handler, status) of one unfinished run, in one query."""
+    from keepflow.model import RunStatus
+
+    q = select(runs.c.workflow_id, runs.c.id, runs.c.handler, runs.c.status).where(
+        runs.c.status.notin_([RunStatus.COMMITTED.value, RunStatus.FAILED.value]))
+    return {r.workflow_id: (r.id, r.handler, r.status) for r in conn.execute(q)}

@@ -8,6 +8,7 @@ of a run's work checks the workflow's fence (SPEC §13).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -71,6 +72,8 @@ class Store(PeopleOperations, SchedulerBookkeeping):
         self.url = url
         self.clock = clock
         self.engine: Engine = make_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            self._write_lock = threading.Lock()
         if auto_migrate:
             with self._translate():
                 migrate(self.engine)
