@@ -85,11 +85,10 @@ def _consumer_state(conn: Connection, workflow_id: str, name: str, topics: tuple
         return ("running" if mine[0][2] != "suspended" else "suspended"), None
     oldest, newest = ev.ready_window(conn, workflow_id, list(topics))
     until = facts.sleep_until if facts else None
-    if until is not None and until > now:
-        wake = f"a new event in {', '.join(topics)}, or {until.isoformat()}, or a manual trigger"
-        watermark = facts.sleep_watermark if facts else None
-        if newest is None or (watermark is not None and newest <= watermark):
-            return "sleeping", wake
+    if schedule.is_asleep(until, facts.sleep_watermark if facts else None, newest, now):
+        assert until is not None
+        return "sleeping", (f"a new event in {', '.join(topics)}, or {until.isoformat()}, "
+                            "or a manual trigger")
     if oldest is None:
         return "idle", "an event in " + ", ".join(topics)
     return "ready", None

@@ -29,9 +29,7 @@ class SchedulerBookkeeping(StoreBase):
                 if oldest is None or newest is None:
                     continue
                 until, watermark = runs.sleep_info(conn, workflow_id, name)
-                asleep = until is not None and now < until and (
-                    watermark is not None and newest <= watermark)
-                if not asleep:
+                if not schedule.is_asleep(until, watermark, newest, now):
                     ready.append((oldest, name))
         return sorted(ready)
 

@@ -31,6 +31,15 @@ class LastRun:
     failure_class: str | None
 
 
+def is_asleep(sleep_until: datetime | None, watermark: int | None, newest_event: int | None,
+              now: datetime) -> bool:
+    """SPEC §7.3: a consumer that found nothing to do sleeps until its backoff timeout, or
+    until an event newer than the newest it could see (its watermark) arrives."""
+    if sleep_until is None or now >= sleep_until:
+        return False
+    return newest_event is None or (watermark is not None and newest_event <= watermark)
+
+
 def handler_facts(conn: Connection, workflow_id: str | None = None
                   ) -> dict[tuple[str, str], HandlerFacts]:
     q = select(handler_state)
