@@ -262,3 +262,22 @@ def test_a_suspended_run_blocks_its_workflow_only(host, tmp_path: Path, sink) ->
         d.scheduler.trigger(wid, "tick")
     assert all(r.kind is RunKind.PRODUCER or r.workflow_name == "other"
                for r, _ in d.run_until_idle())
+
+
+def test_cron_producer_in_berlin_fires_once_across_the_autumn_change(host, tmp_path: Path,
+                                                                     clock) -> None:
+    """Through the scheduler: `30 2 * * *` Europe/Berlin fires once on 2026-10-25."""
+    from datetime import UTC, datetime
+
+    clock.advance((datetime(2026, 10, 24, 12, tzinfo=UTC) - clock.now()).total_seconds())
+    cron = COUNTER.replace('{ interval: "1m" }', '{ cron: "30 2 * * *", tz: "Europe/Berlin" }')
+    deploy_source(host, tmp_path, workflow_js(producers=cron, consumers=consumer_js()))
+    d = driver(host)
+    fired = []
+    for _ in range(48 * 4):  # two days in 15-minute steps
+        clock.advance(900)
+        for req, _ in d.run_until_idle():
+            if req.handler == "tick":
+                fired.append(clock.now())
+    assert fired == [datetime(2026, 10, 25, 0, 30, tzinfo=UTC),  # 02:30 CEST, once
+                     datetime(2026, 10, 26, 1, 30, tzinfo=UTC)]  # 02:30 CET
