@@ -156,7 +156,8 @@ def _check_ok(res: subprocess.CompletedProcess[str]) -> None:
 
 
 @pytest.mark.timeout(1800)
-def test_sigkill_at_every_durable_boundary(tmp_path: Path, store_url: str) -> None:
+def test_sigkill_at_every_durable_boundary(tmp_path: Path, store_url: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     rng = random.Random(20261127)
     sink = Sink(hang_seconds=1.0).start()
     env = Env(tmp_path, store_url, sink)
@@ -188,7 +189,8 @@ def test_sigkill_at_every_durable_boundary(tmp_path: Path, store_url: str) -> No
     sink.stop()
     summary = {"rounds": ROUNDS, "processes": tally.processes, "kills": tally.kills,
                "orders": env.next_order - 1, "duplicates": duplicates, "lost": lost}
-    print(f"crash-suite: {json.dumps(summary)} duplicates={duplicates} lost={lost}")
+    with capsys.disabled():  # the result line belongs in the CI log
+        print(f"\ncrash-suite: {json.dumps(summary)} duplicates={duplicates} lost={lost}")
     assert duplicates == 0
     assert lost == 0
     for point in [*PRODUCER_POINTS, *points]:
