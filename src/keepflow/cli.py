@@ -21,7 +21,7 @@ import click
 
 from keepflow import service
 from keepflow.client import find_server
-from keepflow.errors import KeepflowError, ScriptInvalid
+from keepflow.errors import KeepflowError, ScriptInvalid, UsageError
 from keepflow.model import RunStatus, WorkflowStatus
 from keepflow.runtime.executor import RunOutcome
 from keepflow.runtime.host import Host
@@ -434,6 +434,15 @@ def serve(bind: str, port: int, log_format: str, grace: float) -> None:
                                                  grace_seconds=grace)))
 
 
+def _after_answer(outcome: RunOutcome | None, as_json: bool) -> None:
+    if outcome is None:  # a server holds the workflow: it carries the run on
+        _emit({"handedTo": "server"}, as_json,
+              lambda _: click.echo("recorded; the running server carries the run on now"))
+        return
+    _emit(outcome_view(outcome), as_json, lambda _: click.echo(_outcome_line(outcome)))
+    _run_exit(outcome)
+
+
 @main.command()
 @click.argument("run_id")
 @json_option
@@ -442,8 +451,119 @@ def retry(run_id: str, as_json: bool) -> None:
     """Retry a failed run from its last durable point (an applied mutation is never redone)."""
     with _host() as host:
         outcome = service.retry_run(host, run_id)
-    _emit(outcome_view(outcome), as_json, lambda _: click.echo(_outcome_line(outcome)))
-    _run_exit(outcome)
+    _after_answer(outcome, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--try-again", "answer", flag_value="try_again",
+              help="Ask the external system again whether it happened.")
+@click.option("--didnt-happen", "answer", flag_value="didnt_happen",
+              help="It did not happen: mutate runs again (a wrong answer duplicates it).")
+@click.option("--skip", "answer", flag_value="skip",
+              help="Leave it; next runs with skipped and the reserved events end skipped.")
+@click.option("--yes", is_flag=True, help="Do not ask to confirm --didnt-happen.")
+@json_option
+@friendly
+def resolve(run_id: str, answer: str | None, yes: bool, as_json: bool) -> None:
+    """Answer for a run whose mutation outcome is unknown (or skip a failed run)."""
+    if answer is None:
+        raise UsageError("say what happened: --try-again, --didnt-happen or --skip")
+    if answer == "didnt_happen":
+        click.echo("warning: if it did happen after all, answering 'it didn't happen' makes "
+                   "it happen twice", err=True)
+        if not yes and sys.stdin.isatty() and not click.confirm("It did not happen?"):
+            _fail("nothing changed")
+    with _host() as host:
+        outcome = service.resolve(host, run_id, answer, _actor())  # type: ignore[arg-type]
+    _after_answer(outcome, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@json_option
+@friendly
+def approve(run_id: str, as_json: bool) -> None:
+    """Approve the mutation RUN waits for: it runs now, exactly as shown in the inbox."""
+    with _host() as host:
+        outcome = service.approve(host, run_id, True, _actor())
+    _after_answer(outcome, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@json_option
+@friendly
+def reject(run_id: str, as_json: bool) -> None:
+    """Reject the mutation RUN waits for (= skip: it never runs, its events end skipped)."""
+    with _host() as host:
+        outcome = service.approve(host, run_id, False, _actor())
+    _after_answer(outcome, as_json)
+
+
+@event.command("skip")
+@click.argument("workflow")
+@click.argument("topic")
+@click.argument("message_id")
+@json_option
+@friendly
+def event_skip(workflow: str, topic: str, message_id: str, as_json: bool) -> None:
+    """Skip a pending, unreserved event: no run will ever reserve it."""
+    with _host() as host:
+        data = service.skip_event(host, workflow, topic, message_id, _actor())
+    _notify_server(workflow)
+    _emit(data, as_json, lambda e: click.echo(f"{e['topic']}/{e['messageId']}: {e['status']}"))
+
+
+@main.command()
+@json_option
+@friendly
+def inbox(as_json: bool) -> None:
+    """Everything that needs a person: what is blocked, why, what to check, the choices."""
+    with _host() as host:
+        items = service.inbox(host)
+
+    def human(data: list[dict[str, Any]]) -> None:
+        if not data:
+            click.echo("nothing needs you")
+        for i, item in enumerate(data, 1):
+            click.echo(f"\n{i}. [{item['workflow']}] {item['title']}")
+            click.echo(f"   blocked: {item['blocked']}")
+            click.echo(f"   why:     {item['why']}")
+            click.echo(f"   check:   {item['check']}")
+            for c in item["choices"]:
+                warn = f"  (warning: {c['warning']})" if c.get("warning") else ""
+                click.echo(f"   → {c['command']}\n     {c['effect']}{warn}")
+
+    _emit(items, as_json, human)
+
+
+@main.group()
+def policy() -> None:
+    """Host policies (retry, reconcile, timeouts, limits, approvals, notifications)."""
+
+
+@policy.command("show")
+@click.argument("workflow", required=False)
+@json_option
+@friendly
+def policy_show(workflow: str | None, as_json: bool) -> None:
+    """Print the effective policy (system-wide, or for WORKFLOW)."""
+    with _host() as host:
+        data = service.policy_show(host, workflow)
+
+    def human(d: dict[str, Any], prefix: str = "") -> None:
+        for key, value in d.items():
+            if isinstance(value, dict):
+                human(value, f"{prefix}{key}.")
+            else:
+                click.echo(f"{prefix}{key} = {json.dumps(value)}")
+
+    _emit(data, as_json, human)
+
+
+def _actor() -> str:
+    return os.environ.get("KEEPFLOW_ACTOR") or os.environ.get("USER") or "cli"
 
 
 if __name__ == "__main__":

@@ -178,6 +178,7 @@ class RunRecord:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    approval: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ class RunDraft:
     mutation_result: Any = None
     failure: dict[str, Any] | None = None
     finished_at: datetime | None = None
+    approval: dict[str, Any] | None = None
     persisted: bool = False
     transitions: list[Transition] = field(default_factory=list)
     tool_calls: list[ToolCallRecord] = field(default_factory=list)

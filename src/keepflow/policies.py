@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -85,6 +85,32 @@ class ConsumerPolicy(_Section):
     stale_event_days: float = Field(default=7.0, gt=0)
 
 
+class ApprovalPolicy(_Section):
+    """SPEC §6 step 1: mutations that wait for a person's approval before they run."""
+
+    #: ``connection.tool`` patterns (``*`` matches any tool), e.g. ``["api.post", "books.*"]``.
+    require: tuple[str, ...] = ()
+    #: Every mutation whose tool's risk tier is at least this needs approval.
+    min_risk: Literal["low", "medium", "high"] | None = None
+
+    def requires(self, connection: str, tool: str, risk: str) -> bool:
+        for pattern in self.require:
+            conn, _, t = pattern.partition(".")
+            if conn == connection and t in ("*", tool):
+                return True
+        order = ["low", "medium", "high"]
+        return self.min_risk is not None and order.index(risk) >= order.index(self.min_risk)
+
+
+class NotificationPolicy(_Section):
+    """SPEC §12 notifications: in-app always; a webhook when a URL is set."""
+
+    webhook_url: str | None = None
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    consecutive_failures: int = Field(default=3, ge=1, le=1000)
+
+
 class Policy(_Section):
     retry: RetryPolicy = RetryPolicy()
     reconcile: ReconcilePolicy = ReconcilePolicy()
@@ -92,6 +118,8 @@ class Policy(_Section):
     timeouts: TimeoutPolicy = TimeoutPolicy()
     limits: LimitPolicy = LimitPolicy()
     consumer: ConsumerPolicy = ConsumerPolicy()
+    approvals: ApprovalPolicy = ApprovalPolicy()
+    notifications: NotificationPolicy = NotificationPolicy()
 
     def sandbox_limits(self) -> SandboxLimits:
         return SandboxLimits(
@@ -102,22 +130,63 @@ class Policy(_Section):
         )
 
 
+DEFAULTS_FILE = Path(__file__).with_name("default_policy.toml")
+
+
 class PolicyBook:
-    """The system policy plus per-workflow overrides; ``for_workflow`` gives effective values."""
+    """The system policy plus overrides; effective values are resolved in this order:
+    system ← ``[connectors.X]`` ← ``[workflows.W]`` ← ``[workflows.W.connectors.X]``."""
+
+    #: Sections a connector override may set (they describe the external system).
+    CONNECTOR_SECTIONS = frozenset({"retry", "reconcile", "timeouts", "approvals"})
 
     def __init__(self, system: Policy | None = None,
-                 overrides: dict[str, dict[str, Any]] | None = None) -> None:
+                 overrides: dict[str, dict[str, Any]] | None = None,
+                 connectors: dict[str, dict[str, Any]] | None = None) -> None:
         self.system = system or Policy()
         self._overrides = overrides or {}
-        self._cache: dict[str, Policy] = {}
+        self._connectors = connectors or {}
+        self._cache: dict[tuple[str, str | None], Policy] = {}
 
     def for_workflow(self, name: str) -> Policy:
-        if name not in self._overrides:
-            return self.system
-        if name not in self._cache:
-            merged = _deep_merge(self.system.model_dump(), self._overrides[name])
-            self._cache[name] = _validate(merged, f"workflows.{name}")
-        return self._cache[name]
+        return self.effective(name, None)
+
+    def effective(self, workflow: str, connection: str | None) -> Policy:
+        key = (workflow, connection)
+        if key not in self._cache:
+            if workflow not in self._overrides and connection not in self._connectors:
+                self._cache[key] = self.system
+            else:
+                layers: list[tuple[str, dict[str, Any]]] = []
+                if connection is not None and connection in self._connectors:
+                    layers.append((f"connectors.{connection}", self._connectors[connection]))
+                wf = dict(self._overrides.get(workflow, {}))
+                per_conn = wf.pop("connectors", {})
+                layers.append((f"workflows.{workflow}", wf))
+                if connection is not None and connection in per_conn:
+                    layers.append((f"workflows.{workflow}.connectors.{connection}",
+                                   per_conn[connection]))
+                merged = self.system.model_dump()
+                policy = self.system
+                for where, layer in layers:  # validated layer by layer: errors name the layer
+                    merged = _deep_merge(merged, layer)
+                    policy = _validate(merged, where)
+                self._cache[key] = policy
+        return self._cache[key]
+
+    def show(self, workflow: str | None = None) -> dict[str, Any]:
+        """Effective values (``keepflow policy show``)."""
+        base = self.for_workflow(workflow) if workflow else self.system
+        out: dict[str, Any] = base.model_dump(mode="json")
+        conns = set(self._connectors)
+        if workflow:
+            conns |= set(self._overrides.get(workflow, {}).get("connectors", {}))
+        if conns:
+            out["connectors"] = {
+                c: {k: v for k, v in self.effective(workflow or "", c).model_dump(
+                    mode="json").items() if k in self.CONNECTOR_SECTIONS}
+                for c in sorted(conns)}
+        return out
 
     @classmethod
     def load(cls, path: Path) -> PolicyBook:
@@ -128,10 +197,22 @@ class PolicyBook:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         workflows = raw.pop("workflows", {})
+        connectors = raw.pop("connectors", {})
         system = _validate(raw, str(path))
-        book = cls(system, {k: dict(v) for k, v in workflows.items()})
-        for name in workflows:  # validate every override now, not at first use
+        for name, layer in connectors.items():
+            extra = set(layer) - cls.CONNECTOR_SECTIONS
+            if extra:
+                allowed = ", ".join(sorted(cls.CONNECTOR_SECTIONS))
+                raise ConfigError(f"policy {path}: connectors.{name}.{sorted(extra)[0]}: a "
+                                  f"connector may only set {allowed}")
+        book = cls(system, {k: dict(v) for k, v in workflows.items()},
+                   {k: dict(v) for k, v in connectors.items()})
+        for name in connectors:  # validate every override now, not at first use
+            book.effective("", name)
+        for name, layer in workflows.items():
             book.for_workflow(name)
+            for conn in layer.get("connectors", {}):
+                book.effective(name, conn)
         return book
 
 

@@ -8,13 +8,15 @@ clear sentence; nothing half-done is left behind.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from keepflow.agents.validation import validate_script
 from keepflow.errors import Conflict, NotFound, ScriptInvalid, UsageError
-from keepflow.model import EventStatus, RunStatus, WorkflowRecord, WorkflowStatus
+from keepflow.model import EventStatus, Fence, RunStatus, WorkflowRecord, WorkflowStatus
+from keepflow.runtime import actions
 from keepflow.runtime.executor import RunOutcome
 from keepflow.runtime.host import Host
 from keepflow.runtime.recovery import RecoveryReport, recover
@@ -166,11 +168,16 @@ def drain(host: Host, workflow: str | None = None, max_runs: int = 100_000) -> D
 
 def _drain_one(host: Host, wf: WorkflowRecord, report: DrainReport, max_runs: int) -> None:
     _, version, manifest = _current(host, wf.name)
-    if host.store.active_runs(wf.id):
-        report.blocked[wf.name] = "has an unfinished run"
-        return
     consumers = {name: c.subscribe for name, c in manifest.consumers.items()}
     with host.lease(wf) as fence:
+        # Background reconciliations that are due now (SPEC §6 step 5) — drain does not wait.
+        now = host.clock.now()
+        for _, run_id, _, due in host.store.pending_reconciles(wf.id):
+            if due is None or due <= now:
+                report.runs.append(host.executor.reconcile_due(run_id, fence))
+        if host.store.active_runs(wf.id):
+            report.blocked[wf.name] = "has an unfinished run"
+            return
         while len(report.runs) < max_runs:
             ready = host.store.ready_consumers(wf.id, consumers, host.clock.now())
             if not ready:
@@ -211,15 +218,65 @@ def status(host: Host, workflow: str | None = None,
     return {"server": server, "workflows": status_view.status(host, workflow)}
 
 
-def retry_run(host: Host, run_id: str) -> RunOutcome:
+def retry_run(host: Host, run_id: str, actor: str = "cli") -> RunOutcome | None:
     """Continue a failed run from its last durable point with the current script version;
     an applied mutation is never repeated (SPEC §5.5, §15 scenario 7)."""
     run = host.store.get_run(run_id)
     if run.status is not RunStatus.FAILED:
         raise Conflict(f"run {run_id} is {run.status.value}; only a failed run can be retried")
+    _refuse_if_other_active(host, run.workflow_id, run_id)
     wf, version, _ = _current(host, run.workflow_id)
+    host.store.audit(actor=actor, action="run.retry", target_type="run", target_id=run_id,
+                     before={"status": "failed", "failure": (run.failure or {}).get("message")},
+                     after={"effect": actions.EFFECTS["retry"]})
+    if wf.status is WorkflowStatus.NEEDS_ACTION:
+        host.store.set_workflow_status(wf.id, WorkflowStatus.ACTIVE, None, actor)
+    return _continue(host, wf, lambda fence: host.executor.resume(run_id, fence,
+                                                                  version=version))
+
+
+def resolve(host: Host, run_id: str, answer: actions.Answer, actor: str = "cli"
+            ) -> RunOutcome | None:
+    """Try again / It didn't happen / Skip for a mutation whose outcome is unknown (SPEC §6)."""
+    rec = actions.resolve(host.store, run_id, answer, actor)
+    wf = host.store.get_workflow(rec.workflow_id)
+    return _continue(host, wf, lambda fence: host.executor.resume(
+        run_id, fence, reconcile=answer == "try_again"))
+
+
+def approve(host: Host, run_id: str, accept: bool, actor: str = "cli") -> RunOutcome | None:
+    """Approve (the mutation runs) or reject (= skip) a mutation awaiting approval."""
+    rec = actions.approve(host.store, run_id, actor, accept=accept)
+    wf = host.store.get_workflow(rec.workflow_id)
+    return _continue(host, wf, lambda fence: host.executor.resume(run_id, fence))
+
+
+def skip_event(host: Host, workflow: str, topic: str, message_id: str, actor: str = "cli"
+               ) -> dict[str, Any]:
+    """A person skips a pending, unreserved event: no run will ever reserve it (SPEC §12)."""
+    wf = host.store.get_workflow(workflow)
+    return event_view(host.store.skip_event(wf.id, topic, message_id, actor))
+
+
+def _refuse_if_other_active(host: Host, workflow_id: str, run_id: str) -> None:
+    for other, handler, status in host.store.active_runs(workflow_id):
+        if other != run_id:
+            raise Conflict(f"run {other} ({handler}) is {status}; resolve it first, nothing "
+                           "else of this workflow runs meanwhile")
+
+
+def _continue(host: Host, wf: WorkflowRecord,
+              step: Callable[[Fence], RunOutcome]) -> RunOutcome | None:
+    """Carry a run on after a person's answer: here, or — when a server holds the workflow's
+    lease — by telling the server, which resumes it between runs."""
+    from keepflow.client import find_server
+
+    server = find_server(host.settings)
+    if server is not None:
+        server.post(f"/api/workflows/{wf.name}/refresh", timeout=10.0)
+        return None
     with host.lease(wf) as fence:
-        return host.executor.resume(run_id, fence, version=version)
+        return step(fence)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -264,6 +321,21 @@ def show_run(host: Host, run_id: str) -> dict[str, Any]:
     run = host.store.get_run(run_id)
     with host.store.read() as conn:
         return run_view(conn, run, detail=True)
+
+
+def inbox(host: Host) -> list[dict[str, Any]]:
+    """Every action-needed item (SPEC §12)."""
+    from keepflow.inbox import inbox as build
+
+    with host.store.read() as conn:
+        return build(conn, host.policies, host.clock.now())
+
+
+def policy_show(host: Host, workflow: str | None = None) -> dict[str, Any]:
+    """Effective policy values, system-wide or for one workflow (SPEC §10)."""
+    if workflow:
+        workflow = host.store.get_workflow(workflow).name
+    return host.policies.show(workflow)
 
 
 def _event_status(status: str | None) -> EventStatus | None:

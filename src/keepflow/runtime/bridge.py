@@ -32,7 +32,7 @@ from keepflow.model import (
     ToolCallRecord,
     VersionRecord,
 )
-from keepflow.policies import Policy
+from keepflow.policies import Policy, PolicyBook
 from keepflow.runtime import values
 from keepflow.runtime.phases import RULES
 from keepflow.sandbox.api import HostCall, LogEntry, Reply, Resolve, Terminate
@@ -58,6 +58,8 @@ class RunScope:
     store: Store
     connections: Connections
     policy: Policy
+    policies: PolicyBook
+    workflow_name: str
     clock: Clock
     declared_topics: frozenset[str]
     subscribed: frozenset[str] = frozenset()
@@ -67,6 +69,10 @@ class RunScope:
     publishes: list[EventDraft] = field(default_factory=list)
     #: Titles of the events this run reserved: the words of escalations (SPEC §6.6).
     reserved_titles: list[str] = field(default_factory=list)
+
+    def policy_for(self, connection: str) -> Policy:
+        """The effective policy of calls to ``connection`` (SPEC §10 per-connector values)."""
+        return self.policies.effective(self.workflow_name, connection)
 
     def note(self, phase: Phase | None, level: str, message: str) -> None:
         """A host-written line in the run log (e.g. a duplicate publish, SPEC §3)."""
@@ -171,7 +177,7 @@ class Bridge:
                 "(policy limits.tool_calls_per_run)", limit="tool_calls")
         params = values.mutation_params(call.args, call.display)
         tool_call = ToolCall(tool=call.tool, params=params,
-                             timeout=s.policy.timeouts.tool_call_seconds)
+                             timeout=s.policy_for(call.connection).timeouts.tool_call_seconds)
         if spec.kind is ToolKind.MUTATE:
             if self.declared is not None:  # two mutations in one turn
                 raise PhaseViolation(
@@ -185,7 +191,8 @@ class Bridge:
     def _read(self, call: HostCall, connector: Any, tool_call: ToolCall, kind: str) -> Any:
         """A read, retried inside the run while it fails transiently (SPEC §7.4, §15.9)."""
         s = self.scope
-        retry = s.policy.retry
+        assert call.connection is not None
+        retry = s.policy_for(call.connection).retry
         attempt = 1
         while True:
             t0 = time.perf_counter()

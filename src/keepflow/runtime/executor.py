@@ -38,6 +38,7 @@ from keepflow.model import (
     RunKind,
     RunStatus,
     StateUpdate,
+    SuspendReason,
     VersionRecord,
     WorkflowRecord,
 )
@@ -82,7 +83,8 @@ class Executor:
         return RunScope(
             run=run, version=version, fence=fence, store=self.host.store,
             connections=self.host.connections,
-            policy=self.host.policies.for_workflow(policy_name), clock=self.host.clock,
+            policy=self.host.policies.for_workflow(policy_name), policies=self.host.policies,
+            workflow_name=policy_name, clock=self.host.clock,
             declared_topics=frozenset(manifest.topics), subscribed=subscribed,
         )
 
@@ -183,7 +185,6 @@ class Executor:
         """Run mutate and the ledger procedure; re-execute mutate only after a definite
         failure (SPEC §5.2), with backoff, up to the retry policy."""
         run, clock = scope.run, self.host.clock
-        retry = scope.policy.retry
         while True:
             if pending is None:
                 if run.status is not RunStatus.MUTATING:
@@ -209,8 +210,10 @@ class Executor:
                 move(run, RunStatus.EMITTING, clock.now())
                 return self._next(scope, prepared, reserve={})
             if done.outcome is ledger.Outcome.SUSPENDED:
-                return self._outcome(run, done.mutation.status)
+                return self._outcome(run, done.mutation.status if done.mutation else None)
             assert done.error is not None
+            assert done.mutation is not None
+            retry = scope.policy_for(done.mutation.connection).retry
             if done.outcome is ledger.Outcome.FAILED or retries + 1 >= retry.max_attempts:
                 err = done.error
                 if done.outcome is ledger.Outcome.REMUTATE and not isinstance(err, TransientError):
@@ -248,6 +251,8 @@ class Executor:
             run.failure, run.finished_at = None, None
         if run.kind is RunKind.PRODUCER:
             return self._resume_producer(scope, wf, ver)
+        if run.suspend_reason is SuspendReason.AWAITING_APPROVAL:
+            return self._outcome(run)  # SPEC §6 step 1: only a person's answer moves it on
         if run.prepared is None:  # SPEC §5.5: preparing → re-run prepare
             return self._prepare(scope)
         prepared = run.prepared
@@ -269,7 +274,8 @@ class Executor:
             if last.status is LedgerStatus.NEEDS_RECONCILE and not reconcile:
                 return self._outcome(run, last.status)
             # SPEC §5.5: in_flight → needs_reconcile, never call mutate again blindly.
-            if run.status is not RunStatus.MUTATING:
+            # (A suspended run stays suspended while the background reconciler asks.)
+            if run.status not in (RunStatus.MUTATING, RunStatus.SUSPENDED):
                 move(run, RunStatus.MUTATING, now, note="resumed: reconciling")
             cause = UncertainOutcome("the host stopped while this mutation was in flight")
             connector = self.host.connections.get(last.connection)
@@ -289,6 +295,18 @@ class Executor:
         return self._mutate(scope, prepared, attempt=(last.attempt + 1) if last else 1,
                             reserve={}, retries=max(0, failed - 1) if rec.status is not
                             RunStatus.FAILED else 0)
+
+    def reconcile_due(self, run_id: str, fence: Fence | None) -> RunOutcome:
+        """The background reconciler's step (SPEC §6 step 5): one more reconcile of a
+        suspended run whose attempt is ``needs_reconcile`` and due; anything else is left."""
+        rec = self.host.store.get_run(run_id)
+        muts = self.host.store.mutations_of(run_id)
+        last = muts[-1] if muts else None
+        if (rec.status is not RunStatus.SUSPENDED or last is None
+                or last.status is not LedgerStatus.NEEDS_RECONCILE):
+            return RunOutcome(rec.id, rec.handler, rec.kind, rec.status, rec.failure,
+                              last.status.value if last else None)
+        return self.resume(run_id, fence, reconcile=True)
 
     def _resume_producer(self, scope: RunScope, wf: WorkflowRecord, ver: VersionRecord
                          ) -> RunOutcome:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -37,6 +38,7 @@ from keepflow.model import (
     RunStatus,
     SuspendReason,
     ToolCallRecord,
+    Transition,
 )
 from keepflow.runtime.bridge import DeclaredMutation, RunScope
 from keepflow.runtime.routing import route_indeterminate
@@ -54,7 +56,7 @@ class Outcome(StrEnum):
 @dataclass(frozen=True)
 class MutationOutcome:
     outcome: Outcome
-    mutation: MutationRecord
+    mutation: MutationRecord | None  # None while the mutation awaits approval (not attempted)
     error: ConnectorError | None = None
 
 
@@ -69,18 +71,24 @@ _BY_CODE: dict[str, type[ConnectorError]] = {
 }
 
 
+#: The ledger error code of an attempt a person declared did not happen (SPEC §6 user actions).
+DIDNT_HAPPEN = "didnt_happen"
+
+
 def failure_of(mutation: MutationRecord) -> ConnectorError:
     """The typed error a ``failed`` ledger attempt recorded (for recovery decisions)."""
     error = mutation.error or {}
-    cls = _BY_CODE.get(str(error.get("code")), PermanentError)
-    if cls is UncertainOutcome:  # reconciled as "did not happen": safe to try again
-        cls = TransientError
+    code = str(error.get("code"))
+    if code in (UncertainOutcome.code, DIDNT_HAPPEN):
+        # Reconciled, or a person answered, "it did not happen": safe to try again.
+        return TransientError(str(error.get("message") or "the mutation did not happen"))
+    cls = _BY_CODE.get(code, PermanentError)
     return cls(str(error.get("message") or "the mutation failed"))
 
 
 def tool_call_of(scope: RunScope, m: MutationRecord | DeclaredMutation, key: str) -> ToolCall:
     return ToolCall(tool=m.tool, params=dict(m.params), idempotency_key=key,
-                    timeout=scope.policy.timeouts.tool_call_seconds)
+                    timeout=scope.policy_for(m.connection).timeouts.tool_call_seconds)
 
 
 def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
@@ -89,6 +97,11 @@ def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
     connector = scope.connections.get(declared.connection)
     key = idempotency_key(run.workflow_id, run.id, attempt)
     call = tool_call_of(scope, declared, key)
+    risk = connector.tool(declared.tool).risk.value
+    approvals = scope.policy_for(declared.connection).approvals
+    if approvals.requires(declared.connection, declared.tool, risk) and \
+            not approved(run.approval, declared):
+        return _await_approval(scope, declared, connector.describe(call), reserve)
     draft = MutationDraft(
         run_id=run.id, workflow_id=run.workflow_id, attempt=attempt,
         connection=declared.connection, connector_type=connector.type_name, tool=declared.tool,
@@ -126,8 +139,8 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
     if not connector.can_reconcile(call):
         return _indeterminate(scope, mutation, cause)
     try:
-        answer = connector.reconcile(
-            replace(call, timeout=scope.policy.timeouts.reconcile_call_seconds))
+        answer = connector.reconcile(replace(
+            call, timeout=scope.policy_for(mutation.connection).timeouts.reconcile_call_seconds))
     except Exception as exc:
         detail = exc.message if isinstance(exc, ConnectorError) else f"{type(exc).__name__}"
         answer_outcome, answer_result, answer_detail = ReconcileOutcome.RETRY, None, detail
@@ -144,12 +157,25 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
             mutation.id, LedgerStatus.FAILED, error=error, reconcile_attempted=True,
             resolved_by="reconcile"))
         return MutationOutcome(Outcome.REMUTATE, rec, cause)
-    move(run, RunStatus.SUSPENDED, scope.clock.now(),
-         note=f"reconciliation pending: {answer_detail or cause.message}")
+    # SPEC §6 step 5: ask again later with backoff, within the policy's limits.
+    policy = scope.policy_for(mutation.connection).reconcile
+    attempts = mutation.reconcile_attempts + 1
+    now = scope.clock.now()
+    spent = (now - mutation.created_at).total_seconds()
+    if attempts >= policy.max_attempts or spent >= policy.total_budget_seconds:
+        why = (f"{cause.message}; the connector could not verify it after {attempts} "
+               f"attempt(s) over {spent:.0f}s ({answer_detail or 'no answer'})")
+        return _indeterminate(scope, mutation, cause, why=why, can_verify=True,
+                              reconciled=True)
+    delay = min(policy.base_seconds * policy.factor ** (attempts - 1), policy.max_delay_seconds)
+    if run.status is not RunStatus.SUSPENDED:
+        move(run, RunStatus.SUSPENDED, now,
+             note=f"reconciliation pending: {answer_detail or cause.message}")
     run.suspend_reason = SuspendReason.NEEDS_RECONCILE
     rec = scope.store.settle_mutation(run, scope.fence, Settle(
         mutation.id, LedgerStatus.NEEDS_RECONCILE, error=cause.to_dict(),
-        reconcile_attempted=True, resolved_by="reconcile"))
+        reconcile_attempted=True, resolved_by="reconcile",
+        next_reconcile_at=now + timedelta(seconds=delay)))
     return MutationOutcome(Outcome.SUSPENDED, rec, cause)
 
 
@@ -178,20 +204,49 @@ def _definitely_failed(scope: RunScope, mutation: MutationRecord, exc: Connector
     return MutationOutcome(Outcome.REMUTATE if retry else Outcome.FAILED, rec, exc)
 
 
-def _indeterminate(scope: RunScope, mutation: MutationRecord, cause: ConnectorError
-                   ) -> MutationOutcome:
-    """SPEC §6 step 6: nothing can verify it; the person must answer."""
+def _indeterminate(scope: RunScope, mutation: MutationRecord, cause: ConnectorError, *,
+                   why: str | None = None, can_verify: bool = False,
+                   reconciled: bool = False) -> MutationOutcome:
+    """SPEC §6 step 6: nothing can (or could) verify it; the person must answer."""
     run = scope.run
-    move(run, RunStatus.SUSPENDED, scope.clock.now(),
-         note=f"outcome unknown and cannot be verified: {cause.message}")
+    why = why or cause.message
+    note = f"outcome unknown: {why}"
+    if run.status is not RunStatus.SUSPENDED:
+        move(run, RunStatus.SUSPENDED, scope.clock.now(), note=note)
+    else:
+        run.transitions.append(Transition(run.status, run.status, scope.clock.now(), note))
     run.suspend_reason = SuspendReason.INDETERMINATE
-    status = route_indeterminate(mutation.description, scope.reserved_titles, cause.message,
-                                 can_verify=False)
+    status = route_indeterminate(mutation.description, scope.reserved_titles, why,
+                                 can_verify=can_verify)
     rec = scope.store.settle_mutation(
         run, scope.fence, Settle(mutation.id, LedgerStatus.INDETERMINATE, error=cause.to_dict(),
-                           resolved_by="host"),
+                                 resolved_by="reconcile" if reconciled else "host",
+                                 reconcile_attempted=reconciled),
         workflow_status=status)
     return MutationOutcome(Outcome.SUSPENDED, rec, cause)
+
+
+def approved(approval: dict[str, Any] | None, declared: DeclaredMutation) -> bool:
+    """Whether a person approved exactly this declaration (same tool, same params)."""
+    if not approval or approval.get("status") != "approved":
+        return False
+    m = approval.get("mutation") or {}
+    return (m.get("connection"), m.get("tool"), m.get("params")) == (
+        declared.connection, declared.tool, declared.params)
+
+
+def _await_approval(scope: RunScope, declared: DeclaredMutation, description: str,
+                    reserve: dict[str, Any]) -> MutationOutcome:
+    """SPEC §6 step 1: the permission requires approval; suspend before anything happens."""
+    run = scope.run
+    now = scope.clock.now()
+    run.approval = {"status": "pending", "requestedAt": now.isoformat(), "mutation": {
+        "connection": declared.connection, "tool": declared.tool, "params": declared.params,
+        "description": description}}
+    move(run, RunStatus.SUSPENDED, now, note=f"awaiting approval: {description}")
+    run.suspend_reason = SuspendReason.AWAITING_APPROVAL
+    scope.store.record_run(run, scope.fence, **reserve)
+    return MutationOutcome(Outcome.SUSPENDED, None)
 
 
 def _log(scope: RunScope, declared: DeclaredMutation | MutationRecord, call: ToolCall,

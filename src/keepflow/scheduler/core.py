@@ -31,7 +31,7 @@ from keepflow.scheduler import timing
 from keepflow.store.schedule import HandlerFacts
 from keepflow.store.store import Store
 
-Trigger = Literal["schedule", "event", "manual"]
+Trigger = Literal["schedule", "event", "manual", "resume", "reconcile"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class RunRequest:
     kind: RunKind
     trigger: Trigger
     fired_at: datetime | None = None  # the tick a scheduled producer run belongs to
+    run_id: str | None = None  # resume / reconcile an existing run instead of a new one
 
 
 @dataclass
@@ -58,6 +59,10 @@ class Slot:
     dirty: bool = True  # a consumer may be ready: check the store
     manual: dict[str, None] = field(default_factory=dict)  # queued triggers, coalesced
     due_producers: dict[str, datetime] = field(default_factory=dict)
+    #: An unfinished, not suspended run to carry on (e.g. after a person's answer).
+    resume: tuple[str, str] | None = None
+    #: Suspended runs whose background reconciliation is due (SPEC §6 step 5): run → handler.
+    reconcile_due: dict[str, str] = field(default_factory=dict)
     queued: bool = False
 
     @property
@@ -65,7 +70,8 @@ class Slot:
         return self.status is WorkflowStatus.ACTIVE
 
     def has_work(self) -> bool:
-        return bool(self.manual) or (self.active and (self.dirty or bool(self.due_producers)))
+        return (bool(self.manual) or self.resume is not None or bool(self.reconcile_due)
+                or (self.active and (self.dirty or bool(self.due_producers))))
 
 
 @dataclass
@@ -104,6 +110,11 @@ class Scheduler:
             raw = manifests.get(wf.id)
             manifest = WorkflowManifest.from_dict(raw) if raw is not None else None
             self._load_one(wf, manifest, unfinished.get(wf.id), facts)
+        wanted = {w.id for w in records}
+        for wid, run_id, handler, due in self.store.pending_reconciles(
+                records[0].id if len(records) == 1 else None):
+            if wid in wanted:
+                self._push(due or self.now(), self.slots[wid], "reconcile", f"{run_id}:{handler}")
 
     def forget(self, workflow_id: str) -> None:
         self.slots.pop(workflow_id, None)
@@ -118,8 +129,7 @@ class Scheduler:
             slot.busy, slot.manual, slot.due_producers = old.busy, old.manual, old.due_producers
         self.slots[wf.id] = slot
         if slot.busy is None:
-            slot.blocked = (f"run {unfinished[0]} ({unfinished[1]}) is {unfinished[2]}"
-                            if unfinished else None)
+            self._set_unfinished(slot, unfinished)
         now = self.now()
         if manifest is not None:
             for name, producer in manifest.producers.items():
@@ -139,8 +149,22 @@ class Scheduler:
         if slot.busy is not None:
             return  # the unfinished run in the store is ours
         active = self.store.active_runs(slot.id)
-        slot.blocked = (f"run {active[0][0]} ({active[0][1]}) is {active[0][2]}"
-                        if active else None)
+        self._set_unfinished(slot, active[0] if active else None)
+        for _, run_id, handler, due in self.store.pending_reconciles(slot.id):
+            self._push(due or self.now(), slot, "reconcile", f"{run_id}:{handler}")
+
+    @staticmethod
+    def _set_unfinished(slot: Slot, unfinished: tuple[str, str, str] | None) -> None:
+        """A suspended run blocks its workflow (SPEC §15 scenario 15); any other unfinished
+        run was moved on by a person's answer and is carried on next."""
+        slot.blocked, slot.resume = None, None
+        if unfinished is None:
+            return
+        run_id, handler, status = unfinished
+        if status == "suspended":
+            slot.blocked = f"run {run_id} ({handler}) is {status}"
+        else:
+            slot.resume = (run_id, handler)
 
     # ------------------------------------------------------------------ time
 
@@ -165,6 +189,10 @@ class Scheduler:
             slot = self.slots[wid]
             if kind == "tick":
                 self._tick(slot, handler, due, now)
+            elif kind == "reconcile":
+                run_id, _, consumer = handler.partition(":")
+                slot.reconcile_due[run_id] = consumer
+                self._enqueue(slot)
             else:  # a sleeping consumer's backoff timeout (SPEC §7.3)
                 slot.dirty = True
                 self.store.record_wake(slot.id, handler, "backoff timeout")
@@ -247,6 +275,16 @@ class Scheduler:
         return out
 
     def _decide(self, slot: Slot) -> RunRequest | None:
+        if slot.resume is not None:
+            run_id, handler = slot.resume
+            slot.resume = None
+            return RunRequest(slot.id, slot.name, handler, RunKind.CONSUMER, "resume",
+                              run_id=run_id)
+        if slot.reconcile_due:
+            run_id, handler = next(iter(slot.reconcile_due.items()))
+            del slot.reconcile_due[run_id]
+            return RunRequest(slot.id, slot.name, handler, RunKind.CONSUMER, "reconcile",
+                              run_id=run_id)
         if slot.blocked is not None or slot.manifest is None:
             return None  # SPEC §15 scenario 15: nothing else runs while a run is unfinished
         m = slot.manifest

@@ -16,6 +16,10 @@ def execute(host: Host, fence: Fence | None, request: RunRequest) -> RunOutcome:
     if wf.current_version_id is None:
         raise Conflict(f"workflow '{wf.name}' has no deployed version")
     version = host.store.get_version(wf.current_version_id)
+    if request.run_id is not None:
+        if request.trigger == "reconcile":
+            return host.executor.reconcile_due(request.run_id, fence)
+        return host.executor.resume(request.run_id, fence, version=version)
     if request.kind is RunKind.PRODUCER:
         return host.executor.run_producer(wf, version, request.handler, request.trigger, fence)
     return host.executor.run_consumer(wf, version, request.handler, request.trigger, fence)

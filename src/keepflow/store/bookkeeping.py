@@ -66,6 +66,11 @@ class SchedulerBookkeeping(StoreBase):
             return (schedule.current_manifests(conn, workflow_ids),
                     schedule.unfinished_by_workflow(conn))
 
+    def pending_reconciles(self, workflow_id: str | None = None
+                           ) -> list[tuple[str, str, str, datetime | None]]:
+        with self.read() as conn:
+            return schedule.pending_reconciles(conn, workflow_id)
+
     def changed_since(self, since: datetime) -> list[str]:
         with self.read() as conn:
             return schedule.changed_since(conn, since)

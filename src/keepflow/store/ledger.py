@@ -20,8 +20,10 @@ _MOVES: dict[LedgerStatus, frozenset[LedgerStatus]] = {
     LedgerStatus.NEEDS_RECONCILE: frozenset(
         {LedgerStatus.APPLIED, LedgerStatus.FAILED, LedgerStatus.NEEDS_RECONCILE,
          LedgerStatus.INDETERMINATE}),
-    # SPEC §6 user actions: "Try again" and "It didn't happen" act on indeterminate attempts.
-    LedgerStatus.INDETERMINATE: frozenset({LedgerStatus.NEEDS_RECONCILE, LedgerStatus.FAILED}),
+    # SPEC §6 user actions: "Try again" and "It didn't happen" act on indeterminate attempts;
+    # "Skip" leaves it indeterminate (nobody knows) and records who resolved it.
+    LedgerStatus.INDETERMINATE: frozenset(
+        {LedgerStatus.NEEDS_RECONCILE, LedgerStatus.FAILED, LedgerStatus.INDETERMINATE}),
     LedgerStatus.APPLIED: frozenset(),
     LedgerStatus.FAILED: frozenset(),
 }
@@ -45,6 +47,7 @@ def settle_txn(
     conn: Connection, mutation_id: int, status: LedgerStatus, now: datetime, *,
     result: Any = None, error: dict[str, Any] | None = None, resolved_by: str = "host",
     reconcile_attempted: bool = False, next_reconcile_at: datetime | None = None,
+    reset_attempts: bool = False,
 ) -> MutationRecord:
     current = get(conn, mutation_id)
     if status not in _MOVES[current.status]:
@@ -60,6 +63,8 @@ def settle_txn(
         values["error"] = error
     if reconcile_attempted:
         values["reconcile_attempts"] = mutations.c.reconcile_attempts + 1
+    if reset_attempts:  # "Try again" (SPEC §6): the counter starts over
+        values["reconcile_attempts"] = 0
     n = conn.execute(
         update(mutations)
         .where(mutations.c.id == mutation_id, mutations.c.status == current.status.value)

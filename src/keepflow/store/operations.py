@@ -66,6 +66,13 @@ class PeopleOperations(StoreBase):
                          after={"status": rec.status.value}, now=now)
             return rec
 
+    def audit(self, *, actor: str, action: str, target_type: str, target_id: str,
+              before: Any = None, after: Any = None, detail: str | None = None) -> None:
+        with self.write() as conn:
+            wf.audit_txn(conn, actor=actor, action=action, target_type=target_type,
+                         target_id=target_id, before=before, after=after, detail=detail,
+                         now=self.clock())
+
     def audit_entries(self, target_type: str | None = None, target_id: str | None = None
                       ) -> list[dict[str, Any]]:
         with self.read() as conn:

@@ -97,6 +97,7 @@ def run(r: RowMapping) -> RunRecord:
         created_at=r["created_at"],
         updated_at=r["updated_at"],
         finished_at=r["finished_at"],
+        approval=r["approval"],
     )
 
 

@@ -22,6 +22,7 @@ def flush_run_txn(conn: Connection, run: RunDraft, now: datetime) -> None:
         "prepared": run.prepared,
         "mutation_result": run.mutation_result,
         "failure": run.failure,
+        "approval": run.approval,
         "updated_at": now,
         "finished_at": run.finished_at,
     }
@@ -60,6 +61,13 @@ def get(conn: Connection, run_id: str) -> RunRecord:
     if row is None:
         raise NotFound(f"no run {run_id} (see `keepflow runs WORKFLOW`)")
     return rows.run(row)
+
+
+def status_for_update(conn: Connection, run_id: str) -> RunStatus | None:
+    """The run's status, locking its row until the transaction ends (PostgreSQL)."""
+    row = conn.execute(select(runs.c.status).where(runs.c.id == run_id).with_for_update()
+                       ).first()
+    return RunStatus(row.status) if row else None
 
 
 def load_state(conn: Connection, workflow_id: str, handler: str) -> tuple[bool, Any]:

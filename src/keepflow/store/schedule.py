@@ -116,6 +116,20 @@ def current_manifests(conn: Connection, workflow_ids: list[str] | None = None
     return {r.id: r.manifest for r in conn.execute(q)}
 
 
+def pending_reconciles(conn: Connection, workflow_id: str | None = None
+                       ) -> list[tuple[str, str, str, datetime | None]]:
+    """(workflow id, run id, handler, next attempt) of every ``needs_reconcile`` mutation."""
+    from keepflow.store.schema import mutations
+
+    q = (select(mutations.c.workflow_id, mutations.c.run_id, runs.c.handler,
+                mutations.c.next_reconcile_at)
+         .join(runs, runs.c.id == mutations.c.run_id)
+         .where(mutations.c.status == "needs_reconcile"))
+    if workflow_id is not None:
+        q = q.where(mutations.c.workflow_id == workflow_id)
+    return [(r.workflow_id, r.run_id, r.handler, r.next_reconcile_at) for r in conn.execute(q)]
+
+
 def unfinished_by_workflow(conn: Connection) -> dict[str, tuple[str, str, str]]:
     """workflow id → (run id, handler, status) of one unfinished run, in one query."""
     from keepflow.model import RunStatus

@@ -119,6 +119,10 @@ runs = Table(
     # What ``next`` receives: {"status": "applied", "result": ...} | none | skipped (SPEC §5.3).
     Column("mutation_result", JsonType),
     Column("failure", JsonType),
+    # SPEC §6 step 1: a mutation whose permission requires approval waits here:
+    # {"mutation": {connection, tool, params, description}, "status": pending|approved|rejected,
+    #  "by", "at"}.
+    Column("approval", JsonType),
     _ts("created_at"),
     _ts("updated_at"),
     _ts("finished_at", nullable=True),
@@ -283,4 +287,26 @@ audit_log = Table(
     Column("after", JsonType),
     Column("detail", Text),
     Index("ix_audit_target", "target_type", "target_id"),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),  # needs_action | stale_events | repeated_failures
+    Column("workflow_id", String(26), ForeignKey("workflows.id"), nullable=False),
+    # One problem gives one notification: (kind, workflow, key) is unique while it is open.
+    Column("key", String(256), nullable=False),
+    Column("title", String(300), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # open | resolved
+    _ts("created_at"),
+    _ts("resolved_at", nullable=True),
+    Column("webhook_status", String(16), nullable=False),  # none | pending | delivered | failed
+    Column("webhook_attempts", Integer, nullable=False, server_default=text("0")),
+    _ts("webhook_next_at", nullable=True),
+    Column("webhook_error", Text),
+    Index("ix_notifications_open", "kind", "workflow_id", "key", unique=True,
+          postgresql_where=text("status = 'open'"), sqlite_where=text("status = 'open'")),
+    Index("ix_notifications_webhook", "webhook_status", "webhook_next_at"),
 )

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from keepflow import faults
+from keepflow.errors import Conflict
 from keepflow.model import (
     UNFINISHED,
     EventDraft,
@@ -30,6 +31,7 @@ from keepflow.model import (
     Reservation,
     RunDraft,
     RunRecord,
+    RunStatus,
     StateUpdate,
     VersionRecord,
     WorkflowRecord,
@@ -64,6 +66,8 @@ class Settle:
     error: dict[str, Any] | None = None
     reconcile_attempted: bool = False
     resolved_by: str = "host"
+    next_reconcile_at: datetime | None = None
+    reset_attempts: bool = False
 
 
 class Store(PeopleOperations, SchedulerBookkeeping):
@@ -125,7 +129,9 @@ class Store(PeopleOperations, SchedulerBookkeeping):
                 mutation = ledger.settle_txn(
                     conn, settle.mutation_id, settle.status, now, result=settle.result,
                     error=settle.error, resolved_by=settle.resolved_by,
-                    reconcile_attempted=settle.reconcile_attempted)
+                    reconcile_attempted=settle.reconcile_attempted,
+                    next_reconcile_at=settle.next_reconcile_at,
+                    reset_attempts=settle.reset_attempts)
             if in_flight is not None:
                 mutation = ledger.get(conn, ledger.record_in_flight_txn(conn, in_flight, now))
             if publishes:
@@ -184,6 +190,35 @@ class Store(PeopleOperations, SchedulerBookkeeping):
             run, fence, reserve=reserve, subscribed=subscribed, publishes=publishes,
             state=state, finish_events=outcome, sleep=sleep, wake=sleep is None,
             point="consumer_commit")[0]
+
+    def record_user_action(
+        self, run: RunDraft, *, expected: RunStatus, actor: str, action: str,
+        before: dict[str, Any], after: dict[str, Any], settle: Settle | None = None,
+        workflow_status: tuple[WorkflowStatus, str | None] | None = None,
+    ) -> None:
+        """A person's answer about a run (SPEC §6, §12), with its audit record, in one
+        transaction; refused if the run changed since the person looked at it."""
+        now = self.clock()
+        with self.write() as conn:
+            current = runs.status_for_update(conn, run.id)
+            if current is not expected:
+                raise Conflict(f"run {run.id} is now {current.value if current else 'gone'}; "
+                               "look at it again before answering")
+            runs.flush_run_txn(conn, run, now)
+            if settle is not None:
+                ledger.settle_txn(conn, settle.mutation_id, settle.status, now,
+                                  result=settle.result, error=settle.error,
+                                  resolved_by=settle.resolved_by,
+                                  next_reconcile_at=settle.next_reconcile_at,
+                                  reset_attempts=settle.reset_attempts)
+            if workflow_status is not None:
+                wf.set_status_txn(conn, run.workflow_id, workflow_status[0], workflow_status[1],
+                                  now)
+            else:
+                wf.touch_txn(conn, run.workflow_id, now)  # a running host re-reads it
+            wf.audit_txn(conn, actor=actor, action=action, target_type="run", target_id=run.id,
+                         before=before, after=after, now=now)
+        run.mark_flushed()
 
     def record_run(self, run: RunDraft, fence: Fence | None, *,
                    reserve: Sequence[Reservation] | None = None, subscribed: Sequence[str] = (),

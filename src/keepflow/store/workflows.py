@@ -82,6 +82,10 @@ def versions(conn: Connection, workflow_id: str) -> list[VersionRecord]:
     return [rows.version(r) for r in conn.execute(q).mappings()]
 
 
+def touch_txn(conn: Connection, workflow_id: str, now: datetime) -> None:
+    conn.execute(update(workflows).where(workflows.c.id == workflow_id).values(updated_at=now))
+
+
 def set_status_txn(conn: Connection, workflow_id: str, status: WorkflowStatus,
                    reason: str | None, now: datetime) -> None:
     conn.execute(update(workflows).where(workflows.c.id == workflow_id)
