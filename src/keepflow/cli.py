@@ -391,6 +391,7 @@ def status(workflow: str | None, as_json: bool) -> None:
     """What runs when, and why something is not running."""
     server = find_server(Settings())
     with _host() as host:
+        service.sweep_notifications(host)
         data = service.status(host, workflow,
                               server={"pid": server.pid, "url": server.url} if server else None)
     _emit(data, as_json, _print_status)
@@ -521,6 +522,7 @@ def event_skip(workflow: str, topic: str, message_id: str, as_json: bool) -> Non
 def inbox(as_json: bool) -> None:
     """Everything that needs a person: what is blocked, why, what to check, the choices."""
     with _host() as host:
+        service.sweep_notifications(host)
         items = service.inbox(host)
 
     def human(data: list[dict[str, Any]]) -> None:
@@ -534,6 +536,30 @@ def inbox(as_json: bool) -> None:
             for c in item["choices"]:
                 warn = f"  (warning: {c['warning']})" if c.get("warning") else ""
                 click.echo(f"   → {c['command']}\n     {c['effect']}{warn}")
+
+    _emit(items, as_json, human)
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="Resolved ones too (newest first).")
+@json_option
+@friendly
+def notifications(show_all: bool, as_json: bool) -> None:
+    """Notifications: needs action, stale events, repeated failures (open ones by default)."""
+    with _host() as host:
+        service.sweep_notifications(host)
+        items = service.notifications(host, None if show_all else "open")
+
+    def human(data: list[dict[str, Any]]) -> None:
+        if not data:
+            click.echo("no open notifications" if not show_all else "no notifications")
+        for n in data:
+            state = n["status"] if n["status"] == "open" else f"resolved {n['resolvedAt']}"
+            hook = "" if n["webhookStatus"] == "none" else f", webhook {n['webhookStatus']}"
+            click.echo(f"\n#{n['id']} [{n['workflow']}] {n['title']}  ({state}{hook})")
+            click.echo(f"   {n['body']}")
+            if n["webhookError"]:
+                click.echo(f"   webhook error: {n['webhookError']}")
 
     _emit(items, as_json, human)
 

@@ -325,3 +325,38 @@ class StateUpdate:
 
     handler: str
     value: Any
+
+
+class NotificationKind(StrEnum):
+    """SPEC §12 "Notifications": the three problems a person is told about."""
+
+    NEEDS_ACTION = "needs_action"
+    STALE_EVENTS = "stale_events"
+    REPEATED_FAILURES = "repeated_failures"
+
+
+class WebhookStatus(StrEnum):
+    NONE = "none"  # no webhook_url in the workflow's policy when it opened
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # gave up after ``webhook_max_attempts``
+
+
+@dataclass(frozen=True)
+class NotificationRecord:
+    """One problem, open while it lasts (SPEC §12); ``workflow`` is the workflow's name."""
+
+    id: int
+    kind: NotificationKind
+    workflow_id: str
+    workflow: str
+    key: str
+    title: str
+    body: str
+    status: str  # open | resolved
+    created_at: datetime
+    resolved_at: datetime | None
+    webhook_status: WebhookStatus
+    webhook_attempts: int
+    webhook_next_at: datetime | None
+    webhook_error: str | None

@@ -25,6 +25,7 @@ import uvicorn
 from keepflow.client import remove_server_file, write_server_file
 from keepflow.errors import UsageError
 from keepflow.model import WorkflowStatus
+from keepflow.notifications import DELIVER_SECONDS, SWEEP_SECONDS, Notifier
 from keepflow.runtime.host import Host
 from keepflow.runtime.recovery import recover
 from keepflow.scheduler.loop import SchedulerLoop, StoppableClock
@@ -125,6 +126,7 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
     url = f"http://{options.host}:{port}"
     clock = StoppableClock()
     host = Host(settings, clock=clock)
+    notifier = Notifier(host.store, host.policies, clock.now)  # SPEC §12
     try:
         report = recover(host)
         for o in report.resumed:
@@ -133,6 +135,8 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
         loop = SchedulerLoop(host, concurrency=settings.run_concurrency)
         loop.scheduler.listeners.append(
             lambda event, fields: log.info(event, extra={"fields": fields}))
+        loop.every(SWEEP_SECONDS, notifier.sweep, "notification sweep")
+        loop.every(DELIVER_SECONDS, notifier.deliver, "notification webhooks")
         status = StatusLine(loop, stream, options.status_every)
         state: dict[str, Any] = {}
 
@@ -175,4 +179,5 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
     finally:
         remove_server_file(settings)
         sock.close()
+        notifier.close()
         host.close()

@@ -347,3 +347,24 @@ def _event_status(status: str | None) -> EventStatus | None:
         raise UsageError(
             f"unknown event status {status!r}; use one of: "
             f"{', '.join(s.value for s in EventStatus)}") from None
+
+
+# ------------------------------------------------------------------------------ notifications
+
+
+def sweep_notifications(host: Host) -> None:
+    """Bring notifications up to date with the store (SPEC §12): a handful of indexed queries,
+    so the CLI runs it before ``inbox``, ``status`` and ``notifications`` — the in-app list is
+    current without a server (a server also sweeps every 30 s and sends the webhooks)."""
+    from keepflow.notifications import sweep
+
+    sweep(host.store, host.policies, host.clock.now())
+
+
+def notifications(host: Host, status: str | None = None) -> list[dict[str, Any]]:
+    """Notifications, newest first: ``open``, ``resolved`` or (None) all."""
+    from keepflow.notifications import notification_view
+
+    if status not in (None, "open", "resolved"):
+        raise UsageError(f"unknown notification status {status!r}; use open or resolved")
+    return [notification_view(n) for n in host.store.list_notifications(status=status)]

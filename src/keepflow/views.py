@@ -104,6 +104,7 @@ def run_view(conn: Connection, r: RunRecord, *, detail: bool = False) -> dict[st
     if detail:
         out |= {
             "failure": r.failure,
+            "approval": r.approval,
             "prepared": r.prepared,
             "mutationResult": r.mutation_result,
             "reservations": queries.run_reservations(conn, r.id),

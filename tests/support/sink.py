@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -49,6 +50,9 @@ class Sink:
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
     kill_pid: int | None = None
+    #: When the plans are empty: behaviour of the next mutation / lookup (e.g. seeded random).
+    chooser: Callable[[], str] | None = None
+    lookup_chooser: Callable[[], str] | None = None
 
     @property
     def url(self) -> str:
@@ -104,15 +108,24 @@ class Sink:
                 if self.path.startswith("/records/"):
                     key = self.path.split("/records/", 1)[1]
                     with sink.lock:
-                        forced = sink.lookup_plan.popleft() if sink.lookup_plan else None
+                        forced = sink.lookup_plan.popleft() if sink.lookup_plan else (
+                            sink.lookup_chooser() if sink.lookup_chooser else None)
                     if forced == "unavailable_503":
                         self._reply(503, {"error": "busy"})
+                        return
+                    if forced == "hang":
+                        time.sleep(sink.hang_seconds)
+                        self.close_connection = True
                         return
                     rec = sink.record(key)
                     if rec is None:
                         self._reply(404, {"error": "no such record"})
                     else:
                         self._reply(200, {"id": rec.seq, "key": key, "body": rec.body})
+                    return
+                if self.path in ("/auth-required", "/forbidden"):
+                    self._reply(401 if self.path == "/auth-required" else 403,
+                                {"error": "no"})
                     return
                 if self.path == "/stats":
                     with sink.lock:
@@ -125,7 +138,8 @@ class Sink:
                 key = self.headers.get("Idempotency-Key")
                 sink.requests.append(("POST", self.path, key))
                 with sink.lock:
-                    behaviour = sink.plan.popleft() if sink.plan else "ok"
+                    behaviour = sink.plan.popleft() if sink.plan else (
+                        sink.chooser() if sink.chooser else "ok")
                 if behaviour in ("ok", "apply_then_timeout", "apply_then_500", "apply_then_kill"):
                     with sink.lock:
                         seq = len(sink.applied) + 1
@@ -151,7 +165,7 @@ class Sink:
                     self.close_connection = True
                     return
                 status = int(behaviour.rsplit("_", 1)[1])
-                self._reply(status, {"error": behaviour})
+                self._reply(status, {"error": behaviour})  # not applied
 
             do_PUT = do_POST
             do_PATCH = do_POST

@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from keepflow import service
-from keepflow.policies import Policy, RetryPolicy, TimeoutPolicy
+from keepflow.policies import Policy, ReconcilePolicy, RetryPolicy, TimeoutPolicy
 from keepflow.runtime.host import Host
 
 
 def quick_policy() -> Policy:
     return Policy(
         retry=RetryPolicy(max_attempts=3, base_seconds=0.01, jitter=0),
+        reconcile=ReconcilePolicy(max_attempts=3, base_seconds=60, factor=2,
+                                  max_delay_seconds=600),
         timeouts=TimeoutPolicy(tool_call_seconds=0.5, reconcile_call_seconds=0.5,
                                handler_cpu_seconds=1.0, handler_wall_seconds=10),
     )

@@ -243,7 +243,8 @@ class Executor:
             id=rec.id, workflow_id=rec.workflow_id, version_id=ver.id, handler=rec.handler,
             kind=rec.kind, trigger=rec.trigger, status=rec.status, created_at=rec.created_at,
             suspend_reason=rec.suspend_reason, prepared=rec.prepared,
-            mutation_result=rec.mutation_result, failure=rec.failure, persisted=True)
+            mutation_result=rec.mutation_result, failure=rec.failure, approval=rec.approval,
+            persisted=True)
         scope = self._scope(run, ver, fence, wf.name)
         scope.reserved_titles = store.reserved_titles(run.id)
         now = self.host.clock.now()

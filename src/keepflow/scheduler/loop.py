@@ -2,7 +2,9 @@
 
 It sleeps until the next due time, a finished run, or a wake-up (an API trigger, a deploy
 notice) — never a polling scan. The only periodic work is O(1): renewing the leases in bulk
-and asking the store whether any workflow changed (one indexed ``max``).
+and asking the store whether any workflow changed (one indexed ``max``). Side work on a timer
+(notifications, SPEC §12) is registered with :meth:`SchedulerLoop.every` and runs in its own
+threads, so a slow webhook never delays a run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from keepflow.clock import SystemClock
 from keepflow.errors import Cancelled, KeepflowError, LeaseLost
@@ -49,6 +52,24 @@ class Waiter:
 
 
 @dataclass
+class Periodic:
+    """A callback run every ``seconds`` off the loop; never two of the same at once."""
+
+    seconds: float
+    fn: Callable[[], None]
+    name: str
+    due: float = 0.0
+    busy: asyncio.Future[None] | None = None
+
+
+def _guarded(p: Periodic) -> None:
+    try:
+        p.fn()
+    except Exception as exc:  # side work must never stop the scheduler; it runs again later
+        log.error("%s failed: %s: %s", p.name, type(exc).__name__, exc)
+
+
+@dataclass
 class LoopStats:
     finished_at: list[datetime] = field(default_factory=list)  # for runs/min
 
@@ -66,6 +87,8 @@ class SchedulerLoop:
         self._inflight: dict[asyncio.Future[RunOutcome], RunRequest] = {}
         self._waiters: dict[str, list[Waiter]] = {}
         self._last_change: datetime | None = None
+        self._periodic: list[Periodic] = []
+        self._side = ThreadPoolExecutor(4, thread_name_prefix="keepflow-side")
 
     # ------------------------------------------------------------------ control
 
@@ -73,6 +96,10 @@ class SchedulerLoop:
         self.leases.acquire_all()
         self._last_change = self.host.store.newest_change()
         self.scheduler.load(self.leases.held())
+
+    def every(self, seconds: float, fn: Callable[[], None], name: str) -> None:
+        """Run ``fn`` every ``seconds`` (first at start) in a side thread while the loop runs."""
+        self._periodic.append(Periodic(seconds, fn, name))
 
     def wake(self) -> None:
         self._wake.set()
@@ -116,10 +143,24 @@ class SchedulerLoop:
             if loop.time() >= next_renew:
                 next_renew = loop.time() + LEASE_RENEW_SECONDS
                 self.leases.renew()
+            next_side = self._run_periodic(loop)
             if on_idle_tick is not None:
                 on_idle_tick()
-            await self._wait(min(next_poll, next_renew) - loop.time())
+            await self._wait(min(next_poll, next_renew, next_side) - loop.time())
             self._collect()
+
+    def _run_periodic(self, loop: asyncio.AbstractEventLoop) -> float:
+        """Start the side work that is due; returns when the next idle one is due (loop
+        time). One still busy is looked at again on a later turn, never waited for."""
+        idle: list[float] = []
+        for p in self._periodic:
+            if p.busy is not None and not p.busy.done():
+                continue
+            if loop.time() >= p.due:
+                p.due = loop.time() + p.seconds
+                p.busy = loop.run_in_executor(self._side, _guarded, p)
+            idle.append(p.due)
+        return min(idle, default=loop.time() + MAX_SLEEP_SECONDS)
 
     async def _wait(self, until_periodic: float) -> None:
         timeout = min(MAX_SLEEP_SECONDS, max(0.0, until_periodic))
@@ -184,11 +225,14 @@ class SchedulerLoop:
         clock = self.host.clock
         if isinstance(clock, StoppableClock):
             clock.stopping.set()
-        if self._inflight:
-            await asyncio.wait(list(self._inflight), timeout=grace)
+        busy: list[asyncio.Future[Any]] = [*self._inflight]
+        busy += [p.busy for p in self._periodic if p.busy is not None and not p.busy.done()]
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
         self._collect()
         left = len(self._inflight)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._side.shutdown(wait=False, cancel_futures=True)
         if left == 0:
             self.leases.release_all()
         for waiters in self._waiters.values():

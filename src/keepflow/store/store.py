@@ -42,6 +42,7 @@ from keepflow.store import ledger, runs
 from keepflow.store import workflows as wf
 from keepflow.store.bookkeeping import SchedulerBookkeeping
 from keepflow.store.engine import make_engine, migrate
+from keepflow.store.notifications import NotificationStore
 from keepflow.store.operations import PeopleOperations
 from keepflow.store.rows import utcnow
 
@@ -70,7 +71,7 @@ class Settle:
     reset_attempts: bool = False
 
 
-class Store(PeopleOperations, SchedulerBookkeeping):
+class Store(PeopleOperations, SchedulerBookkeeping, NotificationStore):
     def __init__(self, url: str, *, clock: Callable[[], datetime] = utcnow,
                  auto_migrate: bool = True) -> None:
         self.url = url
