@@ -101,3 +101,43 @@ def test_ids_are_sortable_and_unique() -> None:
     assert made == sorted(made)
     assert len(set(made)) == len(made)
     assert all(len(i) == 26 for i in made)
+
+
+def test_the_shipped_policy_file_is_the_model_defaults_and_documents_every_key() -> None:
+    """Docs that cannot rot: default_policy.toml equals Policy() and names every setting."""
+    import tomllib
+
+    from keepflow.policies import DEFAULTS_FILE, Policy
+
+    text = DEFAULTS_FILE.read_text(encoding="utf-8")
+    assert Policy.model_validate(tomllib.loads(text)) == Policy()
+    for section, model in Policy.model_fields.items():
+        assert f"[{section}]" in text, section
+        assert model.annotation is not None
+        for key in model.annotation.model_fields:  # type: ignore[union-attr]
+            assert f"{key} =" in text or f"# {key} =" in text, f"{section}.{key}"
+
+
+def test_connector_and_workflow_overrides_apply_in_order(tmp_path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        "[timeouts]\ntool_call_seconds = 10\n"
+        "[connectors.api.timeouts]\ntool_call_seconds = 20\n"
+        "[workflows.w.timeouts]\nreconcile_call_seconds = 7\n"
+        "[workflows.w.connectors.api.timeouts]\ntool_call_seconds = 30\n")
+    book = PolicyBook.load(path)
+    assert book.effective("other", None).timeouts.tool_call_seconds == 10
+    assert book.effective("other", "api").timeouts.tool_call_seconds == 20
+    assert book.effective("w", "http").timeouts.tool_call_seconds == 10
+    assert book.effective("w", "api").timeouts.tool_call_seconds == 30
+    assert book.effective("w", "api").timeouts.reconcile_call_seconds == 7
+
+
+def test_approval_rules() -> None:
+    from keepflow.policies import ApprovalPolicy
+
+    p = ApprovalPolicy(require=("api.post", "books.*"), min_risk="high")
+    assert p.requires("api", "post", "medium")
+    assert not p.requires("api", "put", "medium")
+    assert p.requires("books", "delete", "low")
+    assert p.requires("mail", "send", "high")
