@@ -178,6 +178,12 @@ class PolicyBook:
         """Effective values (``keepflow policy show``)."""
         base = self.for_workflow(workflow) if workflow else self.system
         out: dict[str, Any] = base.model_dump(mode="json")
+        url = out["notifications"].get("webhook_url")
+        if url:  # webhook URLs often carry a token in their path: never shown (SPEC §12)
+            head = url.split("://", 1)
+            host = head[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+            out["notifications"]["webhook_url"] = f"{head[0]}://{host}/…" if len(head) == 2 \
+                else "…"
         conns = set(self._connectors)
         if workflow:
             conns |= set(self._overrides.get(workflow, {}).get("connectors", {}))

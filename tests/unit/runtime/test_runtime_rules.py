@@ -141,3 +141,10 @@ def test_approval_rules() -> None:
     assert not p.requires("api", "put", "medium")
     assert p.requires("books", "delete", "low")
     assert p.requires("mail", "send", "high")
+
+
+def test_policy_show_never_prints_a_webhook_secret(tmp_path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text('[notifications]\nwebhook_url = "https://user:pw@hooks.example/T0/B1/XyZsecret"\n')
+    shown = PolicyBook.load(path).show()
+    assert shown["notifications"]["webhook_url"] == "https://hooks.example/…"
