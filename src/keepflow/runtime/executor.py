@@ -365,6 +365,8 @@ class Executor:
             "inputs": inputs,
         }
         move(run, RunStatus.FAILED, self.host.clock.now(), note=f"{cls.value}: {failure.message}")
+        if cls is FailureClass.LOGIC and escalate and self.host.repair_hook(failure, run):
+            escalate = False  # SPEC §8: the Maintainer took it over
         status = route_failure(cls, run.handler, failure.message) if escalate else None
         self.host.store.record_run(run, scope.fence, workflow_status=status, **(reserve or {}))
         return self._outcome(run)

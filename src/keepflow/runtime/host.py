@@ -20,6 +20,7 @@ from keepflow.ids import new_id
 from keepflow.model import Fence, WorkflowRecord
 from keepflow.policies import PolicyBook
 from keepflow.runtime.executor import Executor
+from keepflow.runtime.routing import RepairHook, no_repair
 from keepflow.sandbox.pool import SandboxPool
 from keepflow.settings import Settings
 from keepflow.store.store import Store
@@ -40,6 +41,7 @@ class Host:
         self._pool = pool
         self._owns_pool = pool is None
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.repair_hook: RepairHook = no_repair
         self.executor = Executor(self)
 
     @property

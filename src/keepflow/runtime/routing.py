@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
-from keepflow.errors import FailureClass
-from keepflow.model import WorkflowStatus
+from typing import Protocol
+
+from keepflow.errors import FailureClass, RunFailure
+from keepflow.model import RunDraft, WorkflowStatus
+
+
+class RepairHook(Protocol):
+    """SPEC §8, §11.2: offered every ``logic`` failure first; returns True when it took the
+    failure over (a Maintainer repair is under way), False to escalate to the person."""
+
+    def __call__(self, failure: RunFailure, run: RunDraft) -> bool: ...
+
+
+def no_repair(failure: RunFailure, run: RunDraft) -> bool:
+    """Until the Maintainer exists (or when repairs are disabled): always escalate."""
+    return False
 
 _WHAT_TO_DO = {
     FailureClass.AUTH: "reconnect the connection named in the error, then resume the workflow",

@@ -183,3 +183,20 @@ def test_a_hanging_reconcile_call_is_bounded_by_its_timeout(host, tmp_path: Path
     assert out.status is RunStatus.SUSPENDED
     [m] = run_detail(host, out.run_id)["mutations"]
     assert m["status"] == "needs_reconcile"
+
+
+def test_logic_failures_are_offered_to_the_repair_hook_first(host, tmp_path: Path) -> None:
+    """SPEC §8: logic → Maintainer repair when it takes it (a hook until the Maintainer
+    exists), else the person; other classes never reach the hook."""
+    offered = []
+
+    def repair(failure, run) -> bool:
+        offered.append((failure.failure_class.value, run.handler))
+        return True
+
+    host.repair_hook = repair
+    setup(host, tmp_path, mutate='throw new Error("bug");')
+    out = service.trigger(host, "wf", "work")
+    assert out.status is RunStatus.FAILED
+    assert offered == [("logic", "work")]
+    assert service.list_workflows(host)[0]["status"] == "active"  # being repaired
