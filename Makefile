@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-parallel test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ demo: $(VENV)/.installed  ## run the example workflow end to end on the embedded
 
 test: $(VENV)/.installed  ## the whole test suite (SQLite and PostgreSQL)
 	$(PY) -m pytest -q
+
+test-parallel: $(VENV)/.installed  ## the whole suite on two workers (faster locally; CI runs it serially)
+	$(PY) -m pytest -q -n 2
 
 test-fast: $(VENV)/.installed  ## unit tests only
 	$(PY) -m pytest -q tests/unit

@@ -45,15 +45,16 @@ def pg_template(pg_admin_url: str) -> str:
 
     from keepflow.store.engine import make_engine, migrate
 
+    name = f"kf_template_{os.getpid()}"  # one per test process (pytest-xdist workers)
     admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql("DROP DATABASE IF EXISTS kf_template")
-        conn.exec_driver_sql("CREATE DATABASE kf_template")
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
     admin.dispose()
-    engine = make_engine(_with_db(pg_admin_url, "kf_template"))
+    engine = make_engine(_with_db(pg_admin_url, name))
     migrate(engine)
     engine.dispose()
-    return "kf_template"
+    return name
 
 
 def _with_db(admin_url: str, database: str) -> str:
