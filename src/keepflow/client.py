@@ -31,17 +31,15 @@ class ServerInfo:
         return {**CSRF, **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
 
     def post(self, path: str, timeout: float = 30.0, **params: Any) -> Any:
-        try:
-            res = httpx.post(self.url + path, params=params, headers=self._headers(),
-                             timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise Conflict(f"the keepflow server at {self.url} did not answer: {exc}") from None
-        return _answer(res)
+        return self._request("POST", path, timeout, params)
 
     def get(self, path: str, timeout: float = 10.0, **params: Any) -> Any:
+        return self._request("GET", path, timeout, params)
+
+    def _request(self, method: str, path: str, timeout: float, params: dict[str, Any]) -> Any:
         try:
-            res = httpx.get(self.url + path, params=params, headers=self._headers(),
-                            timeout=timeout)
+            res = httpx.request(method, self.url + path, params=params,
+                                headers=self._headers(), timeout=timeout)
         except httpx.HTTPError as exc:
             raise Conflict(f"the keepflow server at {self.url} did not answer: {exc}") from None
         return _answer(res)
