@@ -2,12 +2,12 @@
 
     python -m bench.runtime [--quick]
 
-* ``invocation``: fresh context + load a 50-line script + call a handler making 3 host calls
+* ``invocation``: fresh context + load a 200-line script + call a handler making 3 host calls
   (a search, two publishes; answered immediately) in a sandbox worker process; and a bare
   invocation (trivial script, no host calls) for comparison.
-* ``consumer_run``: prepare → mutation (HTTP POST to a loopback sink, with reconcile) → next →
-  commit, on the embedded SQLite store (WAL, synchronous=FULL), end to end.
-* ``commits_per_run``: durable commits of one happy-path consumer run (target ≤ 3).
+* ``consumer_run``: prepare → mutation (HTTP POST to the loopback sink in its own process,
+  with reconcile) → next → commit, end to end, on SQLite (WAL, synchronous=FULL) or
+  PostgreSQL; with its durable commits and SQL statements per run (target ≤ 3 commits).
 """
 
 from __future__ import annotations
@@ -20,17 +20,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 
+from bench.common import RemoteSink, summary
 from keepflow import service
 from keepflow.connectors.base import ConnectionConfig
 from keepflow.connectors.config import Connections
+from keepflow.model import EventDraft
 from keepflow.runtime.host import Host
 from keepflow.sandbox.api import HostCall, Invocation, Reply, Resolve
 from keepflow.sandbox.pool import SandboxPool
 from keepflow.settings import Settings
+from keepflow.store import events as ev
 from keepflow.store.engine import READ_ONLY
-from tests.support.sink import Sink
+from keepflow.store.rows import sha256_json
 
 SCRIPT = """
 // A typical small workflow: ~50 lines.
@@ -133,6 +136,13 @@ export default Keep.workflow({
 });
 """
 
+#: 150 lines of helpers a real script carries (formatting, validation), parsed on every load.
+HELPERS = "\n".join(
+    f"function field{i}(o, d) {{ const v = o && o.f{i}; if (v === undefined) return d;"
+    f" return typeof v === 'string' ? v.trim() : String(v); }}"
+    for i in range(150))
+SCRIPT_200 = HELPERS + "\n" + INVOCATION_SCRIPT
+
 ITEMS = [{"id": f"m{i}", "from": "A@Example.com", "subject": f" Invoice {i} "} for i in (1, 2)]
 BARE_SCRIPT = """
 export default Keep.workflow({ name: "bare", topics: {}, consumers: {},
@@ -148,7 +158,7 @@ def _answer(call: HostCall) -> Reply:
 
 
 def bench_invocation(pool: SandboxPool, n: int) -> dict[str, Any]:
-    full = Invocation(source=INVOCATION_SCRIPT, handler=("producers", "pollInbox"),
+    full = Invocation(source=SCRIPT_200, handler=("producers", "pollInbox"),
                       args=(None,), undefined_args=frozenset({0}),
                       connections={"email": ("search",), "sql": ("insert",)})
     bare_inv = Invocation(source=BARE_SCRIPT, handler=("producers", "p"))
@@ -165,77 +175,116 @@ def bench_invocation(pool: SandboxPool, n: int) -> dict[str, Any]:
     three = [once(full) for _ in range(n)]
     bare = [once(bare_inv) for _ in range(n)]
     return {
-        "n": n,
-        "three_host_calls_median_ms": round(statistics.median(three) * 1000, 3),
-        "three_host_calls_p95_ms": round(sorted(three)[int(n * 0.95) - 1] * 1000, 3),
-        "bare_median_ms": round(statistics.median(bare) * 1000, 3),
-        "host_call_round_trip_ms": round(
-            (statistics.median(three) - statistics.median(bare)) / 3 * 1000, 3),
+        "script_lines": SCRIPT_200.count("\n") + 1,
+        "three_host_calls": summary([t * 1000 for t in three]),
+        "bare": summary([t * 1000 for t in bare]),
     }
 
 
-def bench_consumer_run(pool: SandboxPool, n: int) -> dict[str, Any]:
-    sink = Sink().start()
+def seed_history(host: Host, workflow_id: str, topic: str, count: int) -> float:
+    """``count`` consumed events (and a history row each) already in ``topic``, inserted by
+    the database itself from one template row; returns the seconds it took."""
+    if count == 0:
+        return 0.0
+    t0 = time.perf_counter()
+    with host.store.write() as conn:
+        ev.publish_txn(conn, workflow_id, None, [EventDraft(
+            topic, "h0", "Order #h0", p := {"id": 0, "customer": "ACME"}, sha256_json(p))],
+            host.clock.now())
+        series = ("generate_series(1, :n) AS s(n)" if conn.dialect.name == "postgresql" else
+                  "(WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < :n)"
+                  " SELECT n FROM r) AS s")
+        conn.execute(text(
+            "INSERT INTO events (workflow_id, topic, message_id, title, payload, payload_sha256,"
+            " status, attempt, created_by, created_at, updated_at)"
+            " SELECT t.workflow_id, t.topic, 'h' || s.n, 'Order #h' || s.n, t.payload,"
+            " t.payload_sha256, 'consumed', 1, NULL, t.created_at, t.updated_at"
+            f" FROM events t, {series} WHERE t.message_id = 'h0' AND t.topic = :topic"
+        ), {"n": count - 1, "topic": topic})
+        conn.execute(text(
+            "UPDATE events SET status = 'consumed' WHERE message_id = 'h0' AND topic = :topic"
+        ), {"topic": topic})
+        conn.execute(text(
+            "INSERT INTO event_history (event_id, at, status, run_id, note)"
+            " SELECT id, created_at, 'consumed', NULL, 'consumed' FROM events"
+            " WHERE workflow_id = :wf AND topic = :topic"), {"wf": workflow_id, "topic": topic})
+    if host.store.engine.dialect.name == "postgresql":
+        with host.store.engine.connect() as conn:
+            conn.execute(text("ANALYZE"))
+            conn.commit()
+    return time.perf_counter() - t0
+
+
+def bench_consumer_run(pool: SandboxPool, n: int, database_url: str | None = None,
+                       sink: RemoteSink | None = None, history: int = 0) -> dict[str, Any]:
+    """One workflow's consumer runs back to back; ``history`` consumed events already in the
+    topic before the ``n`` pending ones."""
+    own_sink = sink is None
+    sink = sink or RemoteSink()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         connections = Connections([ConnectionConfig("http", "http", {}),
                                    ConnectionConfig("api", "http", {"base_url": sink.url})])
-        host = Host(Settings(home=home), connections=connections, pool=pool)
-        commits = 0
+        host = Host(Settings(home=home, database_url=database_url), connections=connections,
+                    pool=pool)
+        commits = statements = 0
 
         def count(conn: Any) -> None:
             nonlocal commits
             if not conn.get_execution_options().get(READ_ONLY):  # reads commit nothing
                 commits += 1
 
+        def count_statement(*_: Any) -> None:
+            nonlocal statements
+            statements += 1
+
         event.listen(host.store.engine, "commit", count)
+        event.listen(host.store.engine, "before_cursor_execute", count_statement)
         script = home / "bench.js"
         script.write_text(SCRIPT.replace("const a = await ctx.peekless;", ""), encoding="utf-8")
         service.deploy(host, script)
         wf = host.store.get_workflow("bench")
         version = host.store.get_version(wf.current_version_id or "")
-        from keepflow.model import EventDraft
-        from keepflow.store.rows import sha256_json
-
+        seeded = seed_history(host, wf.id, "orders", history)
         drafts = [EventDraft("orders", f"o{i}", f"Order #{i}", p := {
             "id": i, "customer": "ACME", "amount": 10 + i, "currency": "EUR"}, sha256_json(p))
             for i in range(n + 10)]
         with host.store.write() as conn:
-            from keepflow.store import events as ev
-
             ev.publish_txn(conn, wf.id, None, drafts, host.clock.now())
-        times, per_run = [], []
+        times, per_run, stmts = [], [], []
         with host.lease(wf) as fence:
             for _ in range(10):  # warm-up
                 host.executor.run_consumer(wf, version, "work", "bench", fence)
             for _ in range(n):
-                before = commits
+                before, before_stmts = commits, statements
                 t0 = time.perf_counter()
                 out = host.executor.run_consumer(wf, version, "work", "bench", fence)
                 times.append(time.perf_counter() - t0)
                 per_run.append(commits - before)
+                stmts.append(statements - before_stmts)
                 assert out.ok, out
         host.close()
-    sink.stop()
+    if own_sink:
+        sink.stop()
     return {
         "n": n,
-        "store": "sqlite (WAL, synchronous=FULL)",
+        "store": "sqlite (WAL, synchronous=FULL)" if database_url is None else "postgresql",
+        "latency": summary([t * 1000 for t in times]),
         "median_ms": round(statistics.median(times) * 1000, 3),
-        "p95_ms": round(sorted(times)[int(n * 0.95) - 1] * 1000, 3),
         "runs_per_second": round(1 / statistics.median(times), 1),
         "durable_commits_per_run": statistics.median(per_run),
+        "statements_per_run": statistics.median(stmts),
         "sandbox_invocations_per_run": 3,
+        "history_events": history,
+        "history_seed_seconds": round(seeded, 1),
     }
 
 
 def run(quick: bool = False) -> dict[str, Any]:
     n = 30 if quick else 200
     with SandboxPool(size=1) as pool:
-        inv = bench_invocation(pool, n)
-        consumer = bench_consumer_run(pool, n // 2)
-    consumer["sandbox_share"] = round(
-        inv["three_host_calls_median_ms"] * 3 / consumer["median_ms"], 3)
-    return {"invocation": inv, "consumer_run": consumer}
+        return {"invocation": bench_invocation(pool, n),
+                "consumer_run": bench_consumer_run(pool, n)}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from bench.common import RemoteSink, cpu_seconds, ratio, summary
 from keepflow import service
 from keepflow.connectors.base import ConnectionConfig
 from keepflow.connectors.config import Connections
@@ -40,6 +38,9 @@ from keepflow.store import events as ev
 from keepflow.store import schedule as sched_rows
 from keepflow.store import workflows as wfs
 from keepflow.store.rows import sha256_json
+
+#: Run threads of the loop (the ``serve`` default, ``KEEPFLOW_RUN_CONCURRENCY``).
+CONCURRENCY = 8
 
 CONSUMER = """
     work: Keep.consumer({
@@ -61,11 +62,13 @@ def script(name: str, producers: str, mutate: str = "") -> str:
             f"  producers: {{ {producers} }},\n  consumers: {{ {CONSUMER % mutate} }} }});\n")
 
 
-def _host(home: Path, pool: SandboxPool, sink: RemoteSink | None = None) -> Host:
+def _host(home: Path, pool: SandboxPool, sink: RemoteSink | None = None,
+          database_url: str | None = None) -> Host:
     conns = [ConnectionConfig("http", "http", {})]
     if sink is not None:
         conns.append(ConnectionConfig("api", "http", {"base_url": sink.url}))
-    return Host(Settings(home=home), connections=Connections(conns), pool=pool)
+    return Host(Settings(home=home, database_url=database_url), connections=Connections(conns),
+                pool=pool)
 
 
 def _deploy(host: Host, home: Path, name: str, source: str) -> str:
@@ -77,10 +80,11 @@ def _deploy(host: Host, home: Path, name: str, source: str) -> str:
 # ----------------------------------------------------------------------------- latency
 
 
-def bench_latency(pool: SandboxPool, n: int) -> dict[str, Any]:
+def bench_latency(pool: SandboxPool, n: int, database_url: str | None = None
+                  ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        host = _host(home, pool)
+        host = _host(home, pool, database_url=database_url)
         emit = """emit: async (ctx, state) => { const n = (state?.n ?? 0) + 1;
           await ctx.publish("items", { messageId: "e" + n, title: "Event " + n });
           return { n }; },"""
@@ -118,18 +122,18 @@ def bench_latency(pool: SandboxPool, n: int) -> dict[str, Any]:
         host.close()
         host.connections.close()
     lat = sorted((s - c) * 1000 for c, s in zip(committed, started, strict=False))
-    return {"n": len(lat), "p50_ms": round(statistics.median(lat), 3),
-            "p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)], 3),
-            "max_ms": round(lat[-1], 3), "target_p50_ms": 10}
+    return {**summary(lat), "p99": round(lat[max(0, int(len(lat) * 0.99) - 1)], 3),
+            "target_median_ms": 10}
 
 
 # ----------------------------------------------------------------------------- idle
 
 
-def _seed_idle_workflows(home: Path, pool: SandboxPool, count: int) -> None:
+def _seed_idle_workflows(home: Path, pool: SandboxPool, count: int,
+                         database_url: str | None = None) -> None:
     """Deploy one validated script, then register ``count`` workflows with it in one
     transaction (a bench shortcut: deploying 10,000 times would measure validation)."""
-    host = _host(home, pool)
+    host = _host(home, pool, database_url=database_url)
     hourly = """poll: { schedule: { interval: "1h" }, async handler(ctx, state) {
         await ctx.publish("items", { messageId: "x", title: "x" }); } },"""
     first = _deploy(host, home, "idle-00000", script("idle-00000", hourly))
@@ -149,31 +153,17 @@ def _seed_idle_workflows(home: Path, pool: SandboxPool, count: int) -> None:
     host.connections.close()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its children still running (sandbox workers)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def bench_idle(pool: SandboxPool, count: int, window: float) -> dict[str, Any]:
+def bench_idle(pool: SandboxPool, count: int, window: float, database_url: str | None = None
+               ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         t0 = time.perf_counter()
-        _seed_idle_workflows(home, pool, count)
+        _seed_idle_workflows(home, pool, count, database_url)
         seeded = time.perf_counter() - t0
         env = {**os.environ, "KEEPFLOW_HOME": str(home)}
         env.pop("KEEPFLOW_DATABASE_URL", None)
+        if database_url is not None:
+            env["KEEPFLOW_DATABASE_URL"] = database_url
         log = home / "serve.log"
         with log.open("wb") as out:
             start = time.perf_counter()
@@ -187,9 +177,9 @@ def bench_idle(pool: SandboxPool, count: int, window: float) -> dict[str, Any]:
                 time.sleep(0.05)
             startup = time.perf_counter() - start
             time.sleep(2)  # let start-up work settle
-            cpu0, w0 = _cpu_seconds(proc.pid), time.perf_counter()
+            cpu0, w0 = cpu_seconds(proc.pid), time.perf_counter()
             time.sleep(window)
-            cpu1, w1 = _cpu_seconds(proc.pid), time.perf_counter()
+            cpu1, w1 = cpu_seconds(proc.pid), time.perf_counter()
             runs = len(re.findall(r'"run.start"', log.read_text(errors="replace")))
         finally:
             proc.terminate()
@@ -204,29 +194,12 @@ def bench_idle(pool: SandboxPool, count: int, window: float) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- throughput
 
 
-class RemoteSink:
-    """The loopback sink in its own process, so it does not share this process's CPU."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.sink"],
-                                     stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-
-    def applied(self) -> int:
-        return int(httpx.get(self.url + "/stats").json()["applied"])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-
-
-def _throughput(pool: SandboxPool, workflows: int, events: int, concurrency: int
-                ) -> dict[str, Any]:
+def _throughput(pool: SandboxPool, workflows: int, events: int, concurrency: int,
+                database_url: str | None = None) -> dict[str, Any]:
     sink = RemoteSink()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        host = _host(home, pool, sink)
+        host = _host(home, pool, sink, database_url)
         ids = [_deploy(host, home, f"busy-{i:03d}", script(f"busy-{i:03d}", "", POST))
                for i in range(workflows)]
         now = host.clock.now()
@@ -237,6 +210,16 @@ def _throughput(pool: SandboxPool, workflows: int, events: int, concurrency: int
                 ev.publish_txn(conn, wid, None, drafts, now)
         loop = SchedulerLoop(host, concurrency=concurrency)
         total = workflows * events
+        started: dict[object, float] = {}
+        latencies: list[float] = []
+
+        def on_event(event: str, fields: dict[str, object]) -> None:
+            if event == "run.start":
+                started[fields["workflow"]] = time.perf_counter()
+            elif event == "run.end" and fields.get("status") == "committed":
+                latencies.append((time.perf_counter() - started[fields["workflow"]]) * 1000)
+
+        loop.scheduler.listeners.append(on_event)
 
         async def main() -> float:
             loop.start()
@@ -256,24 +239,30 @@ def _throughput(pool: SandboxPool, workflows: int, events: int, concurrency: int
     sink.stop()
     assert applied == total, (applied, total)
     return {"workflows": workflows, "runs": total, "seconds": round(elapsed, 2),
-            "runs_per_second": round(total / elapsed, 1)}
+            "runs_per_second": round(total / elapsed, 1), "run_latency": summary(latencies)}
 
 
-def bench_throughput(pool: SandboxPool, quick: bool) -> dict[str, Any]:
-    runs = 200 if quick else 800
-    _throughput(pool, 8, 2, 8)  # warm-up: the sandbox pool grows to the run concurrency
-    one = _throughput(pool, 1, runs, 8)
-    many = _throughput(pool, 100, runs // 100, 8)
-    return {"one_workflow": one, "hundred_workflows": many, "concurrency": 8,
-            "cores": os.cpu_count(),
-            "ratio_100_vs_1": round(many["runs_per_second"] / one["runs_per_second"], 2)}
+def bench_throughput(pool: SandboxPool, quick: bool, database_url: str | None = None,
+                     concurrency: int = CONCURRENCY) -> dict[str, Any]:
+    """runs/s with 1, 10 and 100 busy workflows (each run: prepare → HTTP POST → next →
+    commit) and how it scales."""
+    runs = 200 if quick else 1000
+    _throughput(pool, 8, 2, concurrency, database_url)  # warm-up: the pool grows
+    out: dict[str, Any] = {"concurrency": concurrency, "cores": os.cpu_count()}
+    for n in (1, 10, 100):
+        out[f"workflows_{n}"] = _throughput(pool, n, runs // n, concurrency, database_url)
+    base = out["workflows_1"]["runs_per_second"]
+    for n in (10, 100):
+        out[f"ratio_{n}_vs_1"] = ratio(out[f"workflows_{n}"]["runs_per_second"], base)
+    return out
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    with SandboxPool(size=8) as pool:
-        out = {"latency": bench_latency(pool, 50 if quick else 300),
-               "throughput": bench_throughput(pool, quick)}
-        out["idle"] = bench_idle(pool, 1_000 if quick else 10_000, 10 if quick else 60)
+def run(quick: bool = False, database_url: str | None = None) -> dict[str, Any]:
+    with SandboxPool(size=CONCURRENCY) as pool:
+        out = {"latency": bench_latency(pool, 50 if quick else 300, database_url),
+               "throughput": bench_throughput(pool, quick, database_url)}
+        out["idle"] = bench_idle(pool, 1_000 if quick else 10_000, 10 if quick else 30,
+                                 database_url)
     return out
 
 

@@ -51,7 +51,9 @@ def _run_as(user: str, argv: list[str], check: bool = True) -> subprocess.Comple
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=120)
 
 
-def start_cluster() -> Cluster:
+def start_cluster(*, durable: bool = False) -> Cluster:
+    """Tests run without fsync (speed); benchmarks ask for a ``durable`` cluster (fsync,
+    synchronous commit and full page writes on: PostgreSQL's defaults)."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found")
@@ -66,8 +68,9 @@ def start_cluster() -> Cluster:
     port = _free_port()
     _run_as(user, [str(bin_dir / "initdb"), "-D", str(base / "data"), "-U", user,
                    "-A", "trust", "-E", "UTF8", "--no-sync"])
-    opts = (f"-k {sock} -p {port} -c listen_addresses='' -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    opts = f"-k {sock} -p {port} -c listen_addresses='' -c max_connections=200"
+    if not durable:
+        opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     res = _run_as(user, [str(bin_dir / "pg_ctl"), "-D", str(base / "data"), "-o", opts,
                          "-l", str(base / "server.log"), "-w", "-t", "60", "start"], check=False)
     if res.returncode != 0:

@@ -152,8 +152,7 @@ class Executor:
         if run.status is not RunStatus.PREPARING:
             move(run, RunStatus.PREPARING, clock.now())
         # Read before prepare: any event newer than this wakes a sleeping consumer (SPEC §7.3).
-        watermark = store.newest_event_id(run.workflow_id, sorted(scope.subscribed))
-        has, state = store.load_state(run.workflow_id, run.handler)
+        watermark, has, state = store.consumer_inputs(run.workflow_id, run.handler)
         try:
             res, _ = self._invoke(scope, Phase.PREPARE,
                                   ("consumers", run.handler, "prepare"), (state,),

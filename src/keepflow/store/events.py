@@ -159,13 +159,12 @@ def finish_reservations_txn(
     conn: Connection, run_id: str, outcome: EventStatus, now: datetime
 ) -> int:
     """Reserved events of a run become consumed or skipped (SPEC §5.3)."""
-    ids = [r.id for r in conn.execute(select(events.c.id).where(events.c.reserved_by == run_id))]
+    ids = sorted(r.id for r in conn.execute(
+        update(events).where(events.c.reserved_by == run_id)
+        .values(status=outcome.value, reserved_by=None, updated_at=now)
+        .returning(events.c.id)))
     if not ids:
         return 0
-    conn.execute(
-        update(events).where(events.c.id.in_(ids))
-        .values(status=outcome.value, reserved_by=None, updated_at=now)
-    )
     conn.execute(
         update(reservations)
         .where(reservations.c.run_id == run_id, reservations.c.outcome.is_(None))
@@ -210,12 +209,17 @@ def ready_window(
     return row[0], row[1]
 
 
-def newest_id(conn: Connection, workflow_id: str, topics: Sequence[str]) -> int:
-    v = conn.execute(
-        select(func.max(events.c.id)).where(
-            events.c.workflow_id == workflow_id, events.c.topic.in_(list(topics)))
-    ).scalar()
-    return int(v or 0)
+def newest_id(conn: Connection) -> int:
+    """The newest event id of the whole store: a consumer's wake-up watermark (SPEC §7.3).
+
+    Ids only grow, and a workflow's events are written only by its own runs, one at a time
+    under its lease; so while a run of the workflow reads this, none of its events is being
+    inserted, every event of it that exists has an id ≤ this, and every later one gets a
+    larger id. That is exactly what a per-topic maximum would say, but this one is a single
+    primary-key lookup, however long the history (a per-topic maximum walks every consumed
+    event of the topic).
+    """
+    return int(conn.execute(select(func.max(events.c.id))).scalar() or 0)
 
 
 def _history(conn: Connection, event_id: int, status: EventStatus, run_id: str | None,

@@ -27,11 +27,17 @@ _MOVES: dict[LedgerStatus, frozenset[LedgerStatus]] = {
     LedgerStatus.APPLIED: frozenset(),
     LedgerStatus.FAILED: frozenset(),
 }
+#: The statuses an attempt may be in to move to a given status (the inverse of ``_MOVES``).
+_SOURCES: dict[LedgerStatus, list[str]] = {
+    to: sorted(src.value for src, targets in _MOVES.items() if to in targets)
+    for to in LedgerStatus
+}
 
 
-def record_in_flight_txn(conn: Connection, draft: MutationDraft, now: datetime) -> int:
+def record_in_flight_txn(conn: Connection, draft: MutationDraft, now: datetime
+                         ) -> MutationRecord:
     """SPEC §6 step 2: durable before the external call starts."""
-    return int(conn.execute(
+    row = conn.execute(
         insert(mutations).values(
             run_id=draft.run_id, workflow_id=draft.workflow_id, attempt=draft.attempt,
             connection=draft.connection, connector_type=draft.connector_type, tool=draft.tool,
@@ -39,8 +45,9 @@ def record_in_flight_txn(conn: Connection, draft: MutationDraft, now: datetime) 
             description=draft.description, can_reconcile=draft.can_reconcile,
             status=LedgerStatus.IN_FLIGHT.value, reconcile_attempts=0,
             created_at=now, updated_at=now,
-        ).returning(mutations.c.id)
-    ).scalar_one())
+        ).returning(*mutations.c)
+    ).mappings().one()
+    return rows.mutation(row)
 
 
 def settle_txn(
@@ -49,12 +56,8 @@ def settle_txn(
     reconcile_attempted: bool = False, next_reconcile_at: datetime | None = None,
     reset_attempts: bool = False,
 ) -> MutationRecord:
-    current = get(conn, mutation_id)
-    if status not in _MOVES[current.status]:
-        raise StoreError(
-            f"ledger attempt {current.attempt} of run {current.run_id} is {current.status.value}; "
-            f"it cannot become {status.value}"
-        )
+    """Move an attempt to ``status`` if that move is legal from its current status; one
+    conditional UPDATE … RETURNING (the legality check is part of its WHERE clause)."""
     values: dict[str, Any] = {"status": status.value, "updated_at": now,
                               "resolved_by": resolved_by, "next_reconcile_at": next_reconcile_at}
     if result is not None:
@@ -65,14 +68,19 @@ def settle_txn(
         values["reconcile_attempts"] = mutations.c.reconcile_attempts + 1
     if reset_attempts:  # "Try again" (SPEC §6): the counter starts over
         values["reconcile_attempts"] = 0
-    n = conn.execute(
+    row = conn.execute(
         update(mutations)
-        .where(mutations.c.id == mutation_id, mutations.c.status == current.status.value)
+        .where(mutations.c.id == mutation_id, mutations.c.status.in_(_SOURCES[status]))
         .values(**values)
-    ).rowcount
-    if n != 1:
-        raise StoreError(f"ledger attempt {mutation_id} changed concurrently")
-    return get(conn, mutation_id)
+        .returning(*mutations.c)
+    ).mappings().first()
+    if row is not None:
+        return rows.mutation(row)
+    current = get(conn, mutation_id)
+    raise StoreError(
+        f"ledger attempt {current.attempt} of run {current.run_id} is {current.status.value}; "
+        f"it cannot become {status.value}"
+    )
 
 
 def get(conn: Connection, mutation_id: int) -> MutationRecord:

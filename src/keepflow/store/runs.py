@@ -81,36 +81,28 @@ def load_state(conn: Connection, workflow_id: str, handler: str) -> tuple[bool, 
     return True, row.state
 
 
-def ensure_state_row(conn: Connection, workflow_id: str, handler: str, now: datetime) -> None:
-    exists = conn.execute(
-        select(handler_state.c.handler).where(
-            handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler)
-    ).first()
-    if exists is None:
-        conn.execute(insert(handler_state).values(
-            workflow_id=workflow_id, handler=handler, has_state=False, updated_at=now))
+def update_state_row_txn(conn: Connection, workflow_id: str, handler: str,
+                         values: dict[str, Any], now: datetime) -> None:
+    """Set columns of a handler's state row, creating the row on first use.
+
+    One UPDATE in the common case (the row exists); the INSERT happens once per handler.
+    """
+    where = (handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler)
+    if conn.execute(update(handler_state).where(*where).values(**values)).rowcount == 1:
+        return
+    conn.execute(insert(handler_state).values(
+        workflow_id=workflow_id, handler=handler, has_state=False, updated_at=now))
+    conn.execute(update(handler_state).where(*where).values(**values))
 
 
-def save_state_txn(conn: Connection, workflow_id: str, update_: StateUpdate, run_id: str,
-                   now: datetime) -> None:
-    ensure_state_row(conn, workflow_id, update_.handler, now)
-    conn.execute(
-        update(handler_state)
-        .where(handler_state.c.workflow_id == workflow_id,
-               handler_state.c.handler == update_.handler)
-        .values(state=update_.value, has_state=True, updated_by=run_id, updated_at=now)
-    )
+def state_values(update_: StateUpdate, run_id: str, now: datetime) -> dict[str, Any]:
+    """Columns of a handler's new state (SPEC §4, §5.3)."""
+    return {"state": update_.value, "has_state": True, "updated_by": run_id, "updated_at": now}
 
 
-def set_sleep_txn(conn: Connection, workflow_id: str, handler: str, until: datetime | None,
-                  watermark: int | None, now: datetime) -> None:
+def sleep_values(until: datetime | None, watermark: int | None) -> dict[str, Any]:
     """SPEC §7.3: a consumer sleeps after empty reservations; any other outcome wakes it."""
-    ensure_state_row(conn, workflow_id, handler, now)
-    conn.execute(
-        update(handler_state)
-        .where(handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler)
-        .values(sleep_until=until, sleep_watermark=watermark)
-    )
+    return {"sleep_until": until, "sleep_watermark": watermark}
 
 
 def sleep_info(conn: Connection, workflow_id: str, handler: str

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select
 
-from keepflow.store.runs import ensure_state_row
+from keepflow.store.runs import update_state_row_txn
 from keepflow.store.schema import handler_state, runs, workflows
 
 
@@ -56,26 +56,19 @@ def handler_facts(conn: Connection, workflow_id: str | None = None
 
 
 def record_fire_txn(conn: Connection, workflow_id: str, handler: str, at: datetime) -> None:
-    ensure_state_row(conn, workflow_id, handler, at)
-    conn.execute(update(handler_state).where(
-        handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler,
-    ).values(last_fired_at=at))
+    update_state_row_txn(conn, workflow_id, handler, {"last_fired_at": at}, at)
 
 
 def record_skip_txn(conn: Connection, workflow_id: str, handler: str, at: datetime) -> None:
-    ensure_state_row(conn, workflow_id, handler, at)
-    conn.execute(update(handler_state).where(
-        handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler,
-    ).values(last_fired_at=at, skipped_ticks=handler_state.c.skipped_ticks + 1,
-             last_skipped_at=at))
+    update_state_row_txn(conn, workflow_id, handler, {
+        "last_fired_at": at, "skipped_ticks": handler_state.c.skipped_ticks + 1,
+        "last_skipped_at": at}, at)
 
 
 def record_wake_txn(conn: Connection, workflow_id: str, handler: str, reason: str,
                     at: datetime) -> None:
-    ensure_state_row(conn, workflow_id, handler, at)
-    conn.execute(update(handler_state).where(
-        handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler,
-    ).values(woken_at=at, wake_reason=reason))
+    update_state_row_txn(conn, workflow_id, handler, {"woken_at": at, "wake_reason": reason},
+                         at)
 
 
 def last_runs(conn: Connection, workflow_id: str) -> dict[str, LastRun]:

@@ -134,18 +134,26 @@ class Store(PeopleOperations, SchedulerBookkeeping, NotificationStore):
                     next_reconcile_at=settle.next_reconcile_at,
                     reset_attempts=settle.reset_attempts)
             if in_flight is not None:
-                mutation = ledger.get(conn, ledger.record_in_flight_txn(conn, in_flight, now))
+                mutation = ledger.record_in_flight_txn(conn, in_flight, now)
             if publishes:
                 report = ev.publish_txn(conn, run.workflow_id, run.id, publishes, now)
-            if state is not None:
-                runs.save_state_txn(conn, run.workflow_id, state, run.id, now)
             if finish_events is not None:
                 ev.finish_reservations_txn(conn, run.id, finish_events, now)
+            # The handler's state and its sleep (SPEC §7.3) in one statement.
+            own: dict[str, Any] = {}
+            if state is not None:
+                own_state = runs.state_values(state, run.id, now)
+                if state.handler == run.handler:
+                    own.update(own_state)
+                else:
+                    runs.update_state_row_txn(conn, run.workflow_id, state.handler, own_state,
+                                              now)
             if sleep is not None:
-                runs.set_sleep_txn(conn, run.workflow_id, run.handler, sleep.until,
-                                   sleep.watermark, now)
+                own.update(runs.sleep_values(sleep.until, sleep.watermark))
             elif wake:
-                runs.set_sleep_txn(conn, run.workflow_id, run.handler, None, None, now)
+                own.update(runs.sleep_values(None, None))
+            if own:
+                runs.update_state_row_txn(conn, run.workflow_id, run.handler, own, now)
             if workflow_status is not None:
                 wf.set_status_txn(conn, run.workflow_id, workflow_status[0], workflow_status[1],
                                   now)
@@ -248,9 +256,11 @@ class Store(PeopleOperations, SchedulerBookkeeping, NotificationStore):
         with self.read() as conn:
             return ev.check_reservations(conn, workflow_id, run_id, wanted, subscribed)
 
-    def newest_event_id(self, workflow_id: str, topics: Sequence[str]) -> int:
+    def consumer_inputs(self, workflow_id: str, handler: str) -> tuple[int, bool, Any]:
+        """What a consumer run reads before prepare, in one read transaction: the wake-up
+        watermark (SPEC §7.3, see :func:`events.newest_id`) and its (has_state, state)."""
         with self.read() as conn:
-            return ev.newest_id(conn, workflow_id, topics)
+            return (ev.newest_id(conn), *runs.load_state(conn, workflow_id, handler))
 
     def existing_events(self, workflow_id: str, drafts: Sequence[EventDraft]
                         ) -> dict[tuple[str, str], str]:
