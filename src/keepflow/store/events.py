@@ -10,14 +10,21 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, func, insert, literal, select, update
 
 from keepflow.errors import Conflict, NotFound, ReservationRejected
 from keepflow.model import EventDraft, EventRecord, EventStatus, PublishReport, Reservation
 from keepflow.store import rows
 from keepflow.store.schema import event_history, events, reservations
 
-_SCRIPT_READY = and_(events.c.status == EventStatus.PENDING.value, events.c.reserved_by.is_(None))
+#: Pending and unreserved: the predicate of the partial index ``ix_events_ready``. The status is
+#: a literal in the SQL, not a bound parameter: PostgreSQL only uses a partial index when it can
+#: prove the predicate from the query text (with a parameter, a generic plan walks the primary
+#: key through the whole history instead).
+_SCRIPT_READY = and_(
+    events.c.status == literal(EventStatus.PENDING.value, literal_execute=True),
+    events.c.reserved_by.is_(None),
+)
 
 
 def publish_txn(
