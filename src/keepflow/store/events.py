@@ -10,7 +10,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, literal, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, literal, select, update
+from sqlalchemy.sql.elements import BindParameter
 
 from keepflow.errors import Conflict, NotFound, ReservationRejected
 from keepflow.model import EventDraft, EventRecord, EventStatus, PublishReport, Reservation
@@ -25,6 +26,22 @@ _SCRIPT_READY = and_(
     events.c.status == literal(EventStatus.PENDING.value, literal_execute=True),
     events.c.reserved_by.is_(None),
 )
+
+# The statements of a run's hot path, built once (building one costs more than running it).
+_TOPIC = (events.c.workflow_id == bindparam("b_workflow_id"),
+          events.c.topic == bindparam("b_topic"))
+_IDS: BindParameter[Any] = bindparam("b_ids", expanding=True)
+_INSERT_EVENT = insert(events).returning(events.c.id)
+_INSERT_HISTORY = insert(event_history)
+_INSERT_RESERVATION = insert(reservations)
+_PEEK = (select(events).where(*_TOPIC, _SCRIPT_READY).order_by(events.c.id)
+         .limit(bindparam("b_limit")))
+_BY_MESSAGE_IDS = select(events).where(*_TOPIC, events.c.message_id.in_(_IDS))
+_PAYLOAD_HASHES = select(events.c.message_id, events.c.payload_sha256).where(
+    *_TOPIC, events.c.message_id.in_(_IDS))
+_RESERVE = (update(events).where(events.c.id.in_(_IDS), _SCRIPT_READY)
+            .values(reserved_by=bindparam("b_run_id"), updated_at=bindparam("b_now")))
+_NEWEST_ID = select(func.max(events.c.id))
 
 
 def publish_txn(
@@ -48,14 +65,12 @@ def publish_txn(
                 report.differing.append(f"{d.topic}/{d.message_id}")
             continue
         existing[key] = d.payload_sha256
-        event_id = conn.execute(
-            insert(events).values(
-                workflow_id=workflow_id, topic=d.topic, message_id=d.message_id,
-                title=d.title, payload=d.payload, payload_sha256=d.payload_sha256,
-                status=EventStatus.PENDING.value, attempt=1, created_by=run_id,
-                created_at=now, updated_at=now,
-            ).returning(events.c.id)
-        ).scalar_one()
+        event_id = conn.execute(_INSERT_EVENT, {
+            "workflow_id": workflow_id, "topic": d.topic, "message_id": d.message_id,
+            "title": d.title, "payload": d.payload, "payload_sha256": d.payload_sha256,
+            "status": EventStatus.PENDING.value, "attempt": 1, "created_by": run_id,
+            "created_at": now, "updated_at": now,
+        }).scalar_one()
         _history(conn, event_id, EventStatus.PENDING, run_id, "published", now)
         report.inserted.append(f"{d.topic}/{d.message_id}")
     return report
@@ -63,34 +78,23 @@ def publish_txn(
 
 def peek(conn: Connection, workflow_id: str, topic: str, limit: int) -> list[EventRecord]:
     """Pending, unreserved events of a topic in append order (SPEC §3, §5.1)."""
-    q = (
-        select(events)
-        .where(events.c.workflow_id == workflow_id, events.c.topic == topic, _SCRIPT_READY)
-        .order_by(events.c.id)
-        .limit(limit)
-    )
-    return [rows.event(r) for r in conn.execute(q).mappings()]
+    got = conn.execute(_PEEK, {"b_workflow_id": workflow_id, "b_topic": topic, "b_limit": limit})
+    return [rows.event(r) for r in got.mappings()]
 
 
 def by_message_ids(
     conn: Connection, workflow_id: str, topic: str, message_ids: Iterable[str]
 ) -> dict[str, EventRecord]:
-    q = select(events).where(
-        events.c.workflow_id == workflow_id,
-        events.c.topic == topic,
-        events.c.message_id.in_(list(message_ids)),
-    )
-    return {r["message_id"]: rows.event(r) for r in conn.execute(q).mappings()}
+    got = conn.execute(_BY_MESSAGE_IDS, {"b_workflow_id": workflow_id, "b_topic": topic,
+                                         "b_ids": list(message_ids)})
+    return {r["message_id"]: rows.event(r) for r in got.mappings()}
 
 
 def payload_hashes(conn: Connection, workflow_id: str, topic: str, message_ids: Iterable[str]
                    ) -> dict[str, str]:
-    q = select(events.c.message_id, events.c.payload_sha256).where(
-        events.c.workflow_id == workflow_id,
-        events.c.topic == topic,
-        events.c.message_id.in_(list(message_ids)),
-    )
-    return {r.message_id: r.payload_sha256 for r in conn.execute(q)}
+    got = conn.execute(_PAYLOAD_HASHES, {"b_workflow_id": workflow_id, "b_topic": topic,
+                                         "b_ids": list(message_ids)})
+    return {r.message_id: r.payload_sha256 for r in got}
 
 
 def reserved_titles(conn: Connection, run_id: str) -> list[str]:
@@ -146,17 +150,13 @@ def reserve_txn(
     evs = check_reservations(conn, workflow_id, run_id, wanted, subscribed)
     ids = [e.id for e in evs if e.reserved_by is None]
     if ids:
-        n = conn.execute(
-            update(events)
-            .where(events.c.id.in_(ids), _SCRIPT_READY)
-            .values(reserved_by=run_id, updated_at=now)
-        ).rowcount
+        n = conn.execute(_RESERVE, {"b_ids": ids, "b_run_id": run_id, "b_now": now}).rowcount
         if n != len(ids):
             raise ReservationRejected("another run reserved some of these events at the same time")
     for e in evs:
         if e.reserved_by is None:
-            conn.execute(insert(reservations).values(
-                run_id=run_id, event_id=e.id, attempt=e.attempt, reserved_at=now))
+            conn.execute(_INSERT_RESERVATION, {"run_id": run_id, "event_id": e.id,
+                                               "attempt": e.attempt, "reserved_at": now})
             _history(conn, e.id, EventStatus.PENDING, run_id, f"reserved (attempt {e.attempt})",
                      now)
     return evs
@@ -226,13 +226,13 @@ def newest_id(conn: Connection) -> int:
     primary-key lookup, however long the history (a per-topic maximum walks every consumed
     event of the topic).
     """
-    return int(conn.execute(select(func.max(events.c.id))).scalar() or 0)
+    return int(conn.execute(_NEWEST_ID).scalar() or 0)
 
 
 def _history(conn: Connection, event_id: int, status: EventStatus, run_id: str | None,
              note: str, now: datetime) -> None:
-    conn.execute(insert(event_history).values(
-        event_id=event_id, at=now, status=status.value, run_id=run_id, note=note))
+    conn.execute(_INSERT_HISTORY, {"event_id": event_id, "at": now, "status": status.value,
+                                   "run_id": run_id, "note": note})
 
 
 def history(conn: Connection, event_id: int) -> list[dict[str, Any]]:

@@ -6,12 +6,26 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from keepflow.errors import NotFound
 from keepflow.model import RunDraft, RunRecord, RunStatus, StateUpdate
 from keepflow.store import rows
 from keepflow.store.schema import handler_state, run_logs, run_transitions, runs, tool_calls
+
+# Statements of the hot path are built once (SPEC §5: a consumer run writes at three points);
+# building a statement costs several times more than executing it.
+_RUN_COLUMNS = ("status", "suspend_reason", "prepared", "mutation_result", "failure", "approval",
+                "updated_at", "finished_at")
+_INSERT_RUN = insert(runs)
+_UPDATE_RUN = (update(runs).where(runs.c.id == bindparam("b_id"))
+               .values({c: bindparam(f"b_{c}") for c in _RUN_COLUMNS}))
+_INSERT_TRANSITIONS = insert(run_transitions)
+_INSERT_TOOL_CALLS = insert(tool_calls)
+_INSERT_LOGS = insert(run_logs)
+_STATE_KEY = (handler_state.c.workflow_id == bindparam("b_workflow_id"),
+              handler_state.c.handler == bindparam("b_handler"))
+_LOAD_STATE = select(handler_state.c.has_state, handler_state.c.state).where(*_STATE_KEY)
 
 
 def flush_run_txn(conn: Connection, run: RunDraft, now: datetime) -> None:
@@ -27,21 +41,21 @@ def flush_run_txn(conn: Connection, run: RunDraft, now: datetime) -> None:
         "finished_at": run.finished_at,
     }
     if run.persisted:
-        conn.execute(update(runs).where(runs.c.id == run.id).values(**values))
+        conn.execute(_UPDATE_RUN, {"b_id": run.id, **{f"b_{k}": v for k, v in values.items()}})
     else:
-        conn.execute(insert(runs).values(
-            id=run.id, workflow_id=run.workflow_id, version_id=run.version_id,
-            handler=run.handler, kind=run.kind.value, trigger=run.trigger,
-            created_at=run.created_at, **values,
-        ))
+        conn.execute(_INSERT_RUN, {
+            "id": run.id, "workflow_id": run.workflow_id, "version_id": run.version_id,
+            "handler": run.handler, "kind": run.kind.value, "trigger": run.trigger,
+            "created_at": run.created_at, **values,
+        })
     if run.transitions:
-        conn.execute(insert(run_transitions), [
+        conn.execute(_INSERT_TRANSITIONS, [
             {"run_id": run.id, "from_status": t.from_status.value if t.from_status else None,
              "to_status": t.to_status.value, "at": t.at, "note": t.note}
             for t in run.transitions
         ])
     if run.tool_calls:
-        conn.execute(insert(tool_calls), [
+        conn.execute(_INSERT_TOOL_CALLS, [
             {"run_id": run.id, "seq": c.seq, "phase": c.phase.value, "target": c.target,
              "connection": c.connection, "tool": c.tool, "kind": c.kind, "params": c.params,
              "ok": c.ok, "result": c.result, "error": c.error,
@@ -49,7 +63,7 @@ def flush_run_txn(conn: Connection, run: RunDraft, now: datetime) -> None:
             for c in run.tool_calls
         ])
     if run.logs:
-        conn.execute(insert(run_logs), [
+        conn.execute(_INSERT_LOGS, [
             {"run_id": run.id, "seq": lg.seq, "phase": lg.phase.value if lg.phase else None,
              "level": lg.level, "message": lg.message, "at": lg.at}
             for lg in run.logs
@@ -72,10 +86,7 @@ def status_for_update(conn: Connection, run_id: str) -> RunStatus | None:
 
 def load_state(conn: Connection, workflow_id: str, handler: str) -> tuple[bool, Any]:
     """(has_state, state) of a handler; ``has_state`` is False before its first commit."""
-    row = conn.execute(
-        select(handler_state.c.has_state, handler_state.c.state).where(
-            handler_state.c.workflow_id == workflow_id, handler_state.c.handler == handler)
-    ).first()
+    row = conn.execute(_LOAD_STATE, {"b_workflow_id": workflow_id, "b_handler": handler}).first()
     if row is None or not row.has_state:
         return False, None
     return True, row.state

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from keepflow.errors import LeaseLost, NotFound
 from keepflow.ids import new_id
@@ -151,18 +151,24 @@ def lease_owner(conn: Connection, workflow_id: str) -> str | None:
     return owner
 
 
+#: Built once: every durable point of every run executes it (SPEC §13).
+_RENEW_FENCED = (
+    update(workflows)
+    .where(workflows.c.id == bindparam("b_id"), workflows.c.fence == bindparam("b_fence"),
+           workflows.c.lease_owner == bindparam("b_owner"))
+    .values(lease_expires_at=bindparam("b_expires"))
+)
+
+
 def check_fence_txn(conn: Connection, fence: Fence, ttl: timedelta, now: datetime) -> None:
     """Refuse the commit unless we still hold the lease; renews it (SPEC §13).
 
     On PostgreSQL the UPDATE also locks the workflow row until commit, so a takeover waits for
     an in-progress commit and never interleaves with it.
     """
-    n = conn.execute(
-        update(workflows)
-        .where(workflows.c.id == fence.workflow_id, workflows.c.fence == fence.token,
-               workflows.c.lease_owner == fence.owner)
-        .values(lease_expires_at=now + ttl)
-    ).rowcount
+    n = conn.execute(_RENEW_FENCED, {
+        "b_id": fence.workflow_id, "b_fence": fence.token, "b_owner": fence.owner,
+        "b_expires": now + ttl}).rowcount
     if n != 1:
         raise LeaseLost(
             f"this host lost the lease of workflow {fence.workflow_id}; its commit was refused"
