@@ -42,6 +42,14 @@ _PAYLOAD_HASHES = select(events.c.message_id, events.c.payload_sha256).where(
 _RESERVE = (update(events).where(events.c.id.in_(_IDS), _SCRIPT_READY)
             .values(reserved_by=bindparam("b_run_id"), updated_at=bindparam("b_now")))
 _NEWEST_ID = select(func.max(events.c.id))
+_FINISH_EVENTS = (update(events).where(events.c.reserved_by == bindparam("b_run_id"))
+                  .values(status=bindparam("b_status"), reserved_by=None,
+                          updated_at=bindparam("b_now"))
+                  .returning(events.c.id))
+_FINISH_RESERVATIONS = (
+    update(reservations)
+    .where(reservations.c.run_id == bindparam("b_run_id"), reservations.c.outcome.is_(None))
+    .values(outcome=bindparam("b_outcome"), ended_at=bindparam("b_now")))
 
 
 def publish_txn(
@@ -166,17 +174,12 @@ def finish_reservations_txn(
     conn: Connection, run_id: str, outcome: EventStatus, now: datetime
 ) -> int:
     """Reserved events of a run become consumed or skipped (SPEC §5.3)."""
-    ids = sorted(r.id for r in conn.execute(
-        update(events).where(events.c.reserved_by == run_id)
-        .values(status=outcome.value, reserved_by=None, updated_at=now)
-        .returning(events.c.id)))
+    ids = sorted(r.id for r in conn.execute(_FINISH_EVENTS, {
+        "b_run_id": run_id, "b_status": outcome.value, "b_now": now}))
     if not ids:
         return 0
-    conn.execute(
-        update(reservations)
-        .where(reservations.c.run_id == run_id, reservations.c.outcome.is_(None))
-        .values(outcome=outcome.value, ended_at=now)
-    )
+    conn.execute(_FINISH_RESERVATIONS, {"b_run_id": run_id, "b_outcome": outcome.value,
+                                        "b_now": now})
     for eid in ids:
         _history(conn, eid, outcome, run_id, outcome.value, now)
     return len(ids)

@@ -34,19 +34,20 @@ _SOURCES: dict[LedgerStatus, list[str]] = {
 }
 
 
+_INSERT_ATTEMPT = insert(mutations).returning(*mutations.c)  # built once: every mutation runs it
+
+
 def record_in_flight_txn(conn: Connection, draft: MutationDraft, now: datetime
                          ) -> MutationRecord:
     """SPEC §6 step 2: durable before the external call starts."""
-    row = conn.execute(
-        insert(mutations).values(
-            run_id=draft.run_id, workflow_id=draft.workflow_id, attempt=draft.attempt,
-            connection=draft.connection, connector_type=draft.connector_type, tool=draft.tool,
-            params=draft.params, idempotency_key=draft.idempotency_key,
-            description=draft.description, can_reconcile=draft.can_reconcile,
-            status=LedgerStatus.IN_FLIGHT.value, reconcile_attempts=0,
-            created_at=now, updated_at=now,
-        ).returning(*mutations.c)
-    ).mappings().one()
+    row = conn.execute(_INSERT_ATTEMPT, {
+        "run_id": draft.run_id, "workflow_id": draft.workflow_id, "attempt": draft.attempt,
+        "connection": draft.connection, "connector_type": draft.connector_type,
+        "tool": draft.tool, "params": draft.params, "idempotency_key": draft.idempotency_key,
+        "description": draft.description, "can_reconcile": draft.can_reconcile,
+        "status": LedgerStatus.IN_FLIGHT.value, "reconcile_attempts": 0,
+        "created_at": now, "updated_at": now,
+    }).mappings().one()
     return rows.mutation(row)
 
 
