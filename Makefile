@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-parallel test-fast lint bench clean
+.PHONY: demo test test-parallel test-fast lint bench bench-smoke clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed  ## every benchmark on SQLite and PostgreSQL -> bench/results/, docs/performance.md
 	$(PY) -m bench
+
+bench-smoke: $(VENV)/.installed  ## the same, tiny sizes, into /tmp (numbers mean nothing; CI runs it as a test)
+	$(PY) -m bench --quick --output /tmp/keepflow-bench-smoke.json --docs /tmp/keepflow-bench-smoke
 
 clean:
 	rm -rf $(VENV) .keepflow .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 """Before/after of one change, measured in the same invocation: ``python -m bench.ab A B``.
 
-Checks out two revisions into temporary git worktrees and runs the consumer-run benchmark
+Checks out two revisions of keepflow into temporary git worktrees and runs this checkout's
+consumer-run benchmark
 (``bench.runtime.bench_consumer_run``: prepare → HTTP POST to a loopback sink → next → commit on
 SQLite WAL, ``synchronous=FULL``) in each, alternating A, B, A, B… so that drift of the machine
 hits both alike. Prints one JSON object: the median of the per-round medians of each revision
@@ -40,8 +41,9 @@ def _worktree(rev: str, into: Path) -> Path:
 
 
 def _once(tree: Path, n: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{tree}"}
-    out = subprocess.run([sys.executable, "-c", _SNIPPET, str(n)], cwd=tree, env=env,
+    """keepflow from ``tree``, the benchmark code from this checkout (the same for both)."""
+    env = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{ROOT}"}
+    out = subprocess.run([sys.executable, "-c", _SNIPPET, str(n)], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 

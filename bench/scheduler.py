@@ -21,11 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import RemoteSink, cpu_seconds, ratio, summary
+from bench.common import RemoteSink, children, cpu_seconds, ratio, rss_mib, summary
+from bench.runtime import seed_history
 from keepflow import service
 from keepflow.connectors.base import ConnectionConfig
 from keepflow.connectors.config import Connections
@@ -38,6 +40,15 @@ from keepflow.store import events as ev
 from keepflow.store import schedule as sched_rows
 from keepflow.store import workflows as wfs
 from keepflow.store.rows import sha256_json
+
+#: Gives the URL of a new, empty store each time it is called (``None``: SQLite in the
+#: benchmark's temporary home), so every measurement starts from nothing.
+FreshStore = Callable[[], str | None]
+
+
+def SQLITE() -> None:
+    return None
+
 
 #: Run threads of the loop (the ``serve`` default, ``KEEPFLOW_RUN_CONCURRENCY``).
 CONCURRENCY = 8
@@ -80,11 +91,10 @@ def _deploy(host: Host, home: Path, name: str, source: str) -> str:
 # ----------------------------------------------------------------------------- latency
 
 
-def bench_latency(pool: SandboxPool, n: int, database_url: str | None = None
-                  ) -> dict[str, Any]:
+def bench_latency(pool: SandboxPool, n: int, fresh_db: FreshStore = SQLITE) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        host = _host(home, pool, database_url=database_url)
+        host = _host(home, pool, database_url=fresh_db())
         emit = """emit: async (ctx, state) => { const n = (state?.n ?? 0) + 1;
           await ctx.publish("items", { messageId: "e" + n, title: "Event " + n });
           return { n }; },"""
@@ -153,8 +163,9 @@ def _seed_idle_workflows(home: Path, pool: SandboxPool, count: int,
     host.connections.close()
 
 
-def bench_idle(pool: SandboxPool, count: int, window: float, database_url: str | None = None
+def bench_idle(pool: SandboxPool, count: int, window: float, fresh_db: FreshStore = SQLITE
                ) -> dict[str, Any]:
+    database_url = fresh_db()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         t0 = time.perf_counter()
@@ -177,6 +188,10 @@ def bench_idle(pool: SandboxPool, count: int, window: float, database_url: str |
                 time.sleep(0.05)
             startup = time.perf_counter() - start
             time.sleep(2)  # let start-up work settle
+            workers = children(proc.pid)
+            rss = {"serve_mib": round(rss_mib(proc.pid), 1),
+                   "sandbox_workers": len(workers),
+                   "per_worker_mib": [round(rss_mib(w), 1) for w in workers]}
             cpu0, w0 = cpu_seconds(proc.pid), time.perf_counter()
             time.sleep(window)
             cpu1, w1 = cpu_seconds(proc.pid), time.perf_counter()
@@ -188,20 +203,21 @@ def bench_idle(pool: SandboxPool, count: int, window: float, database_url: str |
             "startup_seconds": round(startup, 2), "target_startup_seconds": 10,
             "window_seconds": window, "cpu_percent_of_one_core":
                 round((cpu1 - cpu0) / (w1 - w0) * 100, 3),
-            "target_cpu_percent": 1.0, "runs_during_window": runs}
+            "target_cpu_percent": 1.0, "runs_during_window": runs, "rss": rss}
 
 
 # ----------------------------------------------------------------------------- throughput
 
 
 def _throughput(pool: SandboxPool, workflows: int, events: int, concurrency: int,
-                database_url: str | None = None) -> dict[str, Any]:
+                fresh_db: FreshStore = SQLITE, history: int = 0) -> dict[str, Any]:
     sink = RemoteSink()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        host = _host(home, pool, sink, database_url)
+        host = _host(home, pool, sink, fresh_db())
         ids = [_deploy(host, home, f"busy-{i:03d}", script(f"busy-{i:03d}", "", POST))
                for i in range(workflows)]
+        seeded = seed_history(host, ids[0], "items", history) if history else 0.0
         now = host.clock.now()
         with host.store.write() as conn:
             for wid in ids:
@@ -226,43 +242,65 @@ def _throughput(pool: SandboxPool, workflows: int, events: int, concurrency: int
             t0 = time.perf_counter()
             task = asyncio.create_task(loop.run())
             while loop.scheduler.counters.finished < total:
+                if time.perf_counter() - t0 > 600:
+                    raise RuntimeError(f"throughput stalled at {loop.scheduler.counters.finished}"
+                                       f" of {total} runs")
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - t0
             await loop.shutdown(5)
             task.cancel()
             return elapsed
 
+        cpu0 = time.process_time()
         elapsed = asyncio.run(main())
+        host_cpu = time.process_time() - cpu0
         applied = sink.applied()
         host.close()
         host.connections.close()
     sink.stop()
     assert applied == total, (applied, total)
     return {"workflows": workflows, "runs": total, "seconds": round(elapsed, 2),
-            "runs_per_second": round(total / elapsed, 1), "run_latency": summary(latencies)}
+            "runs_per_second": round(total / elapsed, 1), "run_latency": summary(latencies),
+            "host_cpu_percent_of_one_core": round(host_cpu / elapsed * 100, 1),
+            "history_events": history, "history_seed_seconds": round(seeded, 1)}
 
 
-def bench_throughput(pool: SandboxPool, quick: bool, database_url: str | None = None,
+def bench_history(pool: SandboxPool, quick: bool, fresh_db: FreshStore = SQLITE
+                  ) -> dict[str, Any]:
+    """One busy workflow's throughput with 0 vs ``history`` consumed events already in its
+    topic (goal ratio ≥ 0.9: every per-run query is an indexed lookup, none scans history)."""
+    history = 5_000 if quick else 1_000_000
+    runs = 60 if quick else 600
+    empty = _throughput(pool, 1, runs, CONCURRENCY, fresh_db)
+    full = _throughput(pool, 1, runs, CONCURRENCY, fresh_db, history=history)
+    return {"empty": empty, "with_history": full, "history_events": history,
+            "ratio": ratio(full["runs_per_second"], empty["runs_per_second"]), "goal": 0.9}
+
+
+def bench_throughput(pool: SandboxPool, quick: bool, fresh_db: FreshStore = SQLITE,
                      concurrency: int = CONCURRENCY) -> dict[str, Any]:
     """runs/s with 1, 10 and 100 busy workflows (each run: prepare → HTTP POST → next →
     commit) and how it scales."""
-    runs = 200 if quick else 1000
-    _throughput(pool, 8, 2, concurrency, database_url)  # warm-up: the pool grows
+    runs = 100 if quick else 1000
+    _throughput(pool, 8, 2, concurrency, fresh_db)  # warm-up: the pool grows
     out: dict[str, Any] = {"concurrency": concurrency, "cores": os.cpu_count()}
     for n in (1, 10, 100):
-        out[f"workflows_{n}"] = _throughput(pool, n, runs // n, concurrency, database_url)
+        out[f"workflows_{n}"] = _throughput(pool, n, runs // n, concurrency, fresh_db)
+    workers = [p for p in children(os.getpid())
+               if b"keepflow.sandbox.worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    out["sandbox_worker_rss_mib"] = [round(rss_mib(p), 1) for p in workers]
     base = out["workflows_1"]["runs_per_second"]
     for n in (10, 100):
         out[f"ratio_{n}_vs_1"] = ratio(out[f"workflows_{n}"]["runs_per_second"], base)
     return out
 
 
-def run(quick: bool = False, database_url: str | None = None) -> dict[str, Any]:
+def run(quick: bool = False) -> dict[str, Any]:
+    """SQLite only; ``python -m bench`` runs these on every backend."""
     with SandboxPool(size=CONCURRENCY) as pool:
-        out = {"latency": bench_latency(pool, 50 if quick else 300, database_url),
-               "throughput": bench_throughput(pool, quick, database_url)}
-        out["idle"] = bench_idle(pool, 1_000 if quick else 10_000, 10 if quick else 30,
-                                 database_url)
+        out = {"latency": bench_latency(pool, 50 if quick else 300),
+               "throughput": bench_throughput(pool, quick)}
+        out["idle"] = bench_idle(pool, 1_000 if quick else 10_000, 10 if quick else 30)
     return out
 
 

@@ -31,6 +31,10 @@ BEHAVIOURS = {
 }
 
 
+#: A request whose body ended before its Content-Length (the client was killed mid-send).
+_TRUNCATED = object()
+
+
 @dataclass
 class Applied:
     key: str
@@ -90,6 +94,8 @@ class Sink:
             def _body(self) -> Any:
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n) if n else b""
+                if len(raw) < n:
+                    return _TRUNCATED
                 try:
                     return json.loads(raw) if raw else None
                 except ValueError:
@@ -135,6 +141,9 @@ class Sink:
 
             def do_POST(self) -> None:
                 body = self._body()
+                if body is _TRUNCATED:  # the client died mid-request: a real server applies
+                    self.close_connection = True  # nothing it has not fully received
+                    return
                 key = self.headers.get("Idempotency-Key")
                 sink.requests.append(("POST", self.path, key))
                 with sink.lock:

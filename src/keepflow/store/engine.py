@@ -8,6 +8,7 @@ lock. PostgreSQL: plain ``psycopg`` with a small pool.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,15 @@ def alembic_config() -> Config:
     return cfg
 
 
+#: Alembic keeps module-level state while it runs: stores opened by several threads of one
+#: process at once migrate one after another.
+_MIGRATING = threading.Lock()
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (run on every start)."""
     cfg = alembic_config()
-    with engine.begin() as conn:
+    with _MIGRATING, engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Two hosts starting at once must not both run the same migration.
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")

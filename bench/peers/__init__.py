@@ -1,0 +1,1 @@
+"""Peer implementations of the benchmark pipeline on other durable-execution systems."""
