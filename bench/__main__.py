@@ -150,7 +150,7 @@ def main() -> None:
             mutations=200 if quick else args.torture_mutations,
             kills=10 if quick else args.torture_kills, seed=20261127)
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    optimisations = RESULTS / "optimisations.json"
+    optimisations = ROOT / "bench" / "optimisations.json"
     if optimisations.exists():
         results["optimisations"] = json.loads(optimisations.read_text())
     text = json.dumps(results, indent=2)

@@ -6,7 +6,7 @@ consumer-run benchmark
 SQLite WAL, ``synchronous=FULL``) in each, alternating A, B, A, B… so that drift of the machine
 hits both alike. Prints one JSON object: the median of the per-round medians of each revision
 and ``ratio_after_vs_before`` (B / A; below 1 is faster). Results of the optimisations made so
-far are kept in ``bench/results/optimisations.json`` and shown in ``docs/performance.md``.
+far are kept in ``bench/optimisations.json`` and shown in ``docs/performance.md``.
 """
 
 from __future__ import annotations

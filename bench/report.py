@@ -303,7 +303,7 @@ def render(res: dict[str, Any], docs: Path) -> str:
         out += ["", "## Optimisations, before → after", "",
                 "Each found by profiling (cProfile, py-spy) and measured before and after; "
                 "`python -m bench.ab BEFORE AFTER` runs both revisions in one invocation, "
-                "alternating. Kept in `bench/results/optimisations.json`.", "",
+                "alternating. Kept in `bench/optimisations.json`.", "",
                 "| change | measured by | before | after | after ÷ before | SQL statements "
                 "per run |", "|---|---|---|---|---|---|"]
         for o in opts:
