@@ -134,7 +134,8 @@ def _goals(res: dict[str, Any]) -> list[str]:
                         f"{r100} | {_ok(r100 is not None and r100 > 1)} |")
     t = res.get("torture")
     if t:
-        rows.append(f"| torture: duplicates = 0 and lost = 0 | {t.get('backend', 'sqlite')} | "
+        store = NAMES[t.get("backend", "sqlite")]
+        rows.append(f"| torture: duplicates = 0 and lost = 0 | {store} | "
                     f"{t['duplicates']} / {t['lost']} over {t['mutations']:,} mutations, "
                     f"{t['kills']} kills | {_ok(t['duplicates'] == 0 and t['lost'] == 0)} |")
     return rows
@@ -255,7 +256,8 @@ def render(res: dict[str, Any], docs: Path) -> str:
                    f"{h['ratio']} | ≥ {h['goal']} |")
     out += ["", f"![history]({plots[2]})", "", "## Scheduler", "",
             "| backend | publish → consumer start median / p95 / p99 (ms) | idle workflows | "
-            "start-up (s) | CPU over the quiet window (% of one core) |", "|---|---|---|---|---|"]
+            "start-up (s) | CPU of `serve` and its workers over a quiet window from 10 s after "
+            "start-up (% of one core) |", "|---|---|---|---|---|"]
     for name, b in res["backends"].items():
         lat, idle = b["latency"], b["idle"]
         out.append(f"| {NAMES[name]} | {lat['median']} / {lat['p95']} / {lat['p99']} | "

@@ -187,7 +187,7 @@ def bench_idle(pool: SandboxPool, count: int, window: float, fresh_db: FreshStor
                     raise RuntimeError(f"serve did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.05)
             startup = time.perf_counter() - start
-            time.sleep(2)  # let start-up work settle
+            time.sleep(10)  # start-up work (first scheduling pass, lease sweep) finishes
             workers = children(proc.pid)
             rss = {"serve_mib": round(rss_mib(proc.pid), 1),
                    "sandbox_workers": len(workers),
