@@ -31,6 +31,14 @@ def _get(d: dict[str, Any], *path: str) -> Any:
 # ----------------------------------------------------------------------------- plots
 
 
+def _save(fig: Any, img: Path, name: str) -> str:
+    """Write a figure into ``img``; its path relative to ``docs/``."""
+    fig.tight_layout()
+    fig.savefig(img / name, dpi=110)
+    plt.close(fig)
+    return f"img/{name}"
+
+
 def _plot_floor(res: dict[str, Any], img: Path) -> str:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     labels, bottoms = [], []
@@ -51,10 +59,7 @@ def _plot_floor(res: dict[str, Any], img: Path) -> str:
     ax.set_xlabel("ms per consumer run (median)")
     ax.set_title("One consumer run: the physical floor and the rest")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(img / "perf-floor.png", dpi=110)
-    plt.close(fig)
-    return "img/perf-floor.png"
+    return _save(fig, img, "perf-floor.png")
 
 
 def _plot_throughput(res: dict[str, Any], img: Path) -> str:
@@ -75,10 +80,7 @@ def _plot_throughput(res: dict[str, Any], img: Path) -> str:
     ax.set_ylim(bottom=0)
     ax.set_title("Throughput (each run: prepare → HTTP POST → next → commit)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(img / "perf-throughput.png", dpi=110)
-    plt.close(fig)
-    return "img/perf-throughput.png"
+    return _save(fig, img, "perf-throughput.png")
 
 
 def _plot_history(res: dict[str, Any], img: Path) -> str:
@@ -94,10 +96,7 @@ def _plot_history(res: dict[str, Any], img: Path) -> str:
     ax.set_ylabel("runs / s")
     ax.set_title("History growth: one busy workflow")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(img / "perf-history.png", dpi=110)
-    plt.close(fig)
-    return "img/perf-history.png"
+    return _save(fig, img, "perf-history.png")
 
 
 # ----------------------------------------------------------------------------- markdown
