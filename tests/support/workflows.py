@@ -10,6 +10,14 @@ from keepflow import service
 from keepflow.policies import Policy, ReconcilePolicy, RetryPolicy, TimeoutPolicy
 from keepflow.runtime.host import Host
 
+#: The mutation most tests declare: a POST to the loopback sink keyed by the reserved event,
+#: reconcilable through the sink's record lookup (SPEC §6) ...
+RECONCILABLE_POST = """await ctx.api.post({ url: "/orders",
+                                     json: { id: prepared.data.event.messageId },
+                                     reconcile: { url: "/records/{idempotencyKey}" } });"""
+#: ... and the same POST without a way to reconcile: an uncertain outcome goes to the person.
+BLIND_POST = 'await ctx.api.post({ url: "/orders", json: { id: prepared.data.event.messageId } });'
+
 
 def quick_policy() -> Policy:
     return Policy(

@@ -13,6 +13,7 @@ from keepflow.runtime.host import Host
 from keepflow.scheduler.inline import InlineDriver
 from tests.support.sink import Sink
 from tests.support.workflows import (
+    RECONCILABLE_POST,
     consumer_js,
     deploy_source,
     events_of,
@@ -23,8 +24,7 @@ from tests.support.workflows import (
 
 pytestmark = pytest.mark.integration
 
-POST = """await ctx.api.post({ url: "/orders", json: { id: prepared.data.event.messageId },
-                           reconcile: { url: "/records/{idempotencyKey}" } });"""
+POST = RECONCILABLE_POST
 
 
 def setup(host: Host, tmp_path: Path, mutate: str = POST, prepare: str | None = None) -> None:

@@ -14,6 +14,8 @@ from keepflow.policies import ApprovalPolicy, PolicyBook
 from keepflow.runtime.host import Host
 from tests.support.sink import Sink
 from tests.support.workflows import (
+    BLIND_POST,
+    RECONCILABLE_POST,
     consumer_js,
     deploy_source,
     events_of,
@@ -25,9 +27,8 @@ from tests.support.workflows import (
 
 pytestmark = pytest.mark.integration
 
-RECONCILABLE = """await ctx.api.post({ url: "/orders", json: { id: prepared.data.event.messageId },
-                                   reconcile: { url: "/records/{idempotencyKey}" } });"""
-BLIND = 'await ctx.api.post({ url: "/orders", json: { id: prepared.data.event.messageId } });'
+RECONCILABLE = RECONCILABLE_POST
+BLIND = BLIND_POST
 NEXT = "return { saw: mutation.status };"
 
 

@@ -11,6 +11,7 @@ from keepflow.errors import Conflict
 from keepflow.model import RunStatus
 from tests.support.sink import Sink
 from tests.support.workflows import (
+    RECONCILABLE_POST,
     consumer_js,
     deploy_source,
     events_of,
@@ -21,8 +22,7 @@ from tests.support.workflows import (
 
 pytestmark = pytest.mark.integration
 
-POST = """await ctx.api.post({ url: "/orders", json: { id: prepared.data.event.messageId },
-                           reconcile: { url: "/records/{idempotencyKey}" } });"""
+POST = RECONCILABLE_POST
 NEXT_PUBLISH = """
       if (mutation.status === "applied")
         await ctx.publish("done", { messageId: "done-" + prepared.data.event.messageId,

@@ -11,6 +11,8 @@ from keepflow import service
 from keepflow.model import RunStatus
 from tests.support.sink import Sink
 from tests.support.workflows import (
+    BLIND_POST,
+    RECONCILABLE_POST,
     consumer_js,
     deploy_source,
     events_of,
@@ -21,11 +23,8 @@ from tests.support.workflows import (
 
 pytestmark = pytest.mark.integration
 
-POST_RECONCILE = """await ctx.api.post({ url: "/orders",
-                                     json: { id: prepared.data.event.messageId },
-                                     reconcile: { url: "/records/{idempotencyKey}" } });"""
-POST_PLAIN = """await ctx.api.post({ url: "/orders",
-                                     json: { id: prepared.data.event.messageId } });"""
+POST_RECONCILE = RECONCILABLE_POST
+POST_PLAIN = BLIND_POST
 NEXT = "return { saw: mutation.status, result: mutation.result ?? null };"
 
 

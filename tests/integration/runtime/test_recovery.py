@@ -18,6 +18,7 @@ from keepflow.runtime.host import Host
 from keepflow.runtime.recovery import recover
 from tests.support.sink import Sink
 from tests.support.workflows import (
+    RECONCILABLE_POST,
     consumer_js,
     deploy_source,
     events_of,
@@ -28,8 +29,7 @@ from tests.support.workflows import (
 
 pytestmark = pytest.mark.integration
 
-POST = """await ctx.api.post({ url: "/orders", json: { id: prepared.data.event.messageId },
-                           reconcile: { url: "/records/{idempotencyKey}" } });"""
+POST = RECONCILABLE_POST
 NEXT = """
       await ctx.publish("done", { messageId: "done-" + prepared.data.event.messageId,
                                   title: "Done", payload: mutation });
