@@ -178,6 +178,12 @@ class SandboxLimitExceeded(LogicError):
         self.limit = limit
 
 
+class QuotaExceeded(LogicError):
+    """The workflow would keep more data than its storage quota allows; nothing was committed."""
+
+    code = "quota_exceeded"
+
+
 class SandboxCrashed(LogicError):
     """The sandbox worker process died while running the script."""
 
@@ -194,6 +200,14 @@ class UnhandledRejection(LogicError):
     """A promise rejected and nothing handled it."""
 
     code = "unhandled_rejection"
+
+
+class HostError(RunFailure):
+    """keepflow itself failed while running the handler (a bug, or a value the store refused):
+    the run stopped at its last durable point and its workflow needs a person."""
+
+    code = "host_error"
+    failure_class = FailureClass.LOGIC
 
 
 # --------------------------------------------------------------------------- connector errors

@@ -244,6 +244,8 @@ class EventDraft:
     title: str
     payload: Any
     payload_sha256: str
+    #: Bytes the event makes the store keep: payload JSON, title and messageId (UTF-8).
+    size: int = 0
 
 
 @dataclass
@@ -280,12 +282,16 @@ class RunDraft:
     transitions: list[Transition] = field(default_factory=list)
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
+    #: Bytes of logs, tool calls, state and PrepareResult not yet charged to the workflow's
+    #: storage (published events are charged by the store, which knows which are new).
+    stored_bytes: int = 0
 
     def mark_flushed(self) -> None:
         self.persisted = True
         self.transitions.clear()
         self.tool_calls.clear()
         self.logs.clear()
+        self.stored_bytes = 0
 
 
 @dataclass(frozen=True)

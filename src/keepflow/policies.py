@@ -70,11 +70,21 @@ class TimeoutPolicy(_Section):
 
 
 class LimitPolicy(_Section):
+    """What one run, one value and one workflow may cost (docs/security.md#limits)."""
+
     state_bytes: int = Field(default=256 * 1024, ge=1024)
     payload_bytes: int = Field(default=256 * 1024, ge=1024)
     prepared_bytes: int = Field(default=1024 * 1024, ge=1024)
     tool_calls_per_run: int = Field(default=200, ge=1)
     publishes_per_run: int = Field(default=1000, ge=1)
+    #: Payload, title and messageId bytes one run may publish in all (buffered until commit).
+    publish_bytes_per_run: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: Bytes a workflow may make the store keep: events, states, run logs and tool calls.
+    workflow_storage_bytes: int = Field(default=2 * 1024 ** 3, ge=1024 * 1024)
+    #: The shortest producer interval a script may declare (checked at deploy).
+    min_interval_seconds: int = Field(default=30, ge=1, le=86_400)
+    #: The largest JSON value (and one turn's host calls together) crossing the sandbox.
+    message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     peek_max: int = Field(default=100, ge=1)
     sandbox_memory_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024)
     mutations_per_day: int | None = Field(default=None, ge=1)
@@ -127,6 +137,7 @@ class Policy(_Section):
             wall_seconds=self.timeouts.handler_wall_seconds,
             memory_bytes=self.limits.sandbox_memory_bytes,
             max_host_calls=self.limits.tool_calls_per_run + self.limits.publishes_per_run + 100,
+            max_message_bytes=self.limits.message_bytes,
         )
 
 

@@ -23,6 +23,7 @@ from keepflow.runtime.recovery import RecoveryReport, recover
 from keepflow.sandbox.findings import Finding
 from keepflow.sandbox.rules import WorkflowManifest
 from keepflow.settings import Settings
+from keepflow.storable import escape_text
 from keepflow.store import events as ev
 from keepflow.store import queries
 from keepflow.views import event_detail, event_view, run_view, workflow_view
@@ -70,7 +71,7 @@ def deploy(host: Host, path: Path, name: str | None = None, actor: str = "cli") 
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{path} is not UTF-8 text") from None
-    result = validate_script(source, host.pool, host.connections)
+    result = validate_script(source, host.pool, host.connections, host.policies)
     if not result.ok:
         raise ScriptInvalid(
             f"{path}: the script has {sum(f.severity == 'error' for f in result.findings)} "
@@ -163,6 +164,12 @@ def drain(host: Host, workflow: str | None = None, max_runs: int = 100_000) -> D
             _drain_one(host, wf, report, max_runs)
         except Conflict as exc:  # another process holds its lease: it is being run already
             report.blocked[wf.name] = exc.message
+        except Exception as exc:  # one workflow's trouble never stops the others from draining
+            report.blocked[wf.name] = (
+                f"keepflow hit an internal error: {escape_text(f'{type(exc).__name__}: {exc}')}"
+                "; see docs/operations.md#internal-errors")
+    for name, why in report.recovered.failed_workflows.items():
+        report.blocked.setdefault(name, f"recovery failed: {why}")
     return report
 
 

@@ -82,6 +82,9 @@ def env(tmp_path: Path, store_url: str) -> dict[str, str]:
     e = {**os.environ, "KEEPFLOW_HOME": str(tmp_path / "home"),
          "KEEPFLOW_DATABASE_URL": store_url, "KEEPFLOW_SANDBOX_WORKERS": "1"}
     e.pop("KEEPFLOW_FAULTS", None)
+    # The ticker fires every second: below the default minimum interval, allowed here.
+    (tmp_path / "home").mkdir(exist_ok=True)
+    (tmp_path / "home" / "policy.toml").write_text("[limits]\nmin_interval_seconds = 1\n")
     return e
 
 

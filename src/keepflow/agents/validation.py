@@ -15,6 +15,7 @@ from typing import Any
 
 from keepflow.connectors.config import Connections
 from keepflow.errors import ScriptError
+from keepflow.policies import PolicyBook
 from keepflow.sandbox.findings import Finding, has_errors
 from keepflow.sandbox.pool import SandboxPool
 from keepflow.sandbox.rules import WorkflowManifest, build_manifest, check_manifest
@@ -32,7 +33,10 @@ class Validation:
         return self.manifest is not None and not has_errors(self.findings)
 
 
-def validate_script(source: str, pool: SandboxPool, connections: Connections) -> Validation:
+def validate_script(source: str, pool: SandboxPool, connections: Connections,
+                    policies: PolicyBook | None = None) -> Validation:
+    """Stages 1 and 2; ``policies`` give the limits a script must fit (e.g. the shortest
+    schedule interval), for the workflow the script names."""
     out = Validation()
     try:
         raw = pool.describe(source)
@@ -41,7 +45,11 @@ def validate_script(source: str, pool: SandboxPool, connections: Connections) ->
         out.findings.append(Finding(rule=rule, severity="error", message=exc.message,
                                     line=exc.line, column=exc.column))
         return out
-    out.findings.extend(check_manifest(raw, source))
+    book = policies or PolicyBook()
+    name = raw.get("name")
+    policy = book.for_workflow(name) if isinstance(name, str) and name else book.system
+    out.findings.extend(check_manifest(
+        raw, source, min_interval_seconds=policy.limits.min_interval_seconds))
     tool_kinds = {c: {t: k.value for t, k in tools.items()}
                   for c, tools in connections.tool_kinds().items()}
     report = analyze(source, tool_kinds)

@@ -33,7 +33,7 @@ from keepflow.model import (
     VersionRecord,
 )
 from keepflow.policies import Policy, PolicyBook
-from keepflow.runtime import values
+from keepflow.runtime import outside, values
 from keepflow.runtime.phases import RULES
 from keepflow.sandbox.api import HostCall, LogEntry, Reply, Resolve, Terminate
 from keepflow.store.store import Store
@@ -67,6 +67,7 @@ class RunScope:
     log_seq: int = 0
     call_seq: int = 0
     publishes: list[EventDraft] = field(default_factory=list)
+    published_bytes: int = 0
     #: Titles of the events this run reserved: the words of escalations (SPEC §6.6).
     reserved_titles: list[str] = field(default_factory=list)
 
@@ -77,6 +78,7 @@ class RunScope:
     def note(self, phase: Phase | None, level: str, message: str) -> None:
         """A host-written line in the run log (e.g. a duplicate publish, SPEC §3)."""
         self.log_seq += 1
+        self.run.stored_bytes += len(message.encode())  # docs/security.md#limits
         self.run.logs.append(LogRecord(seq=self.log_seq, phase=phase, level=level,
                                        message=message, at=self.clock.now()))
 
@@ -123,6 +125,14 @@ class Bridge:
                 self.note("warn", f"duplicate publish of {draft.topic}/{draft.message_id} in "
                                   "this run ignored (events are idempotent by messageId)")
                 return Resolve({"messageId": draft.message_id})
+        limit = s.policy.limits.publish_bytes_per_run
+        if s.published_bytes + draft.size > limit:
+            raise SandboxLimitExceeded(
+                f"the run published more than {limit} bytes of events (policy "
+                "limits.publish_bytes_per_run); publish references to large data instead of "
+                "the data, or fewer events per run (docs/security.md#limits)",
+                limit="publish_bytes")
+        s.published_bytes += draft.size
         s.publishes.append(draft)
         return Resolve({"messageId": draft.message_id})
 
@@ -198,7 +208,7 @@ class Bridge:
             t0 = time.perf_counter()
             try:
                 connector.validate(tool_call)
-                result = connector.call(tool_call)
+                got = outside.call(connector, tool_call)
             except TransientError as exc:
                 self._log_call(call, kind, dict(tool_call.params), False, None, t0, exc)
                 if attempt >= retry.max_attempts:
@@ -212,15 +222,24 @@ class Bridge:
             except ConnectorError as exc:
                 self._log_call(call, kind, dict(tool_call.params), False, None, t0, exc)
                 raise
-            self._log_call(call, kind, dict(tool_call.params), True, result, t0)
-            return result
+            note = got.note(call.display)
+            if note is not None:
+                self.note("warn", note)
+            self._log_call(call, kind, dict(tool_call.params), True, got.value, t0,
+                           size=got.size)
+            return got.value
 
     def _log_call(self, call: HostCall, kind: str | None, params: Any, ok: bool, result: Any,
-                  t0: float, error: KeepflowError | None = None) -> None:
+                  t0: float, error: KeepflowError | None = None, *, size: int | None = None
+                  ) -> None:
         s = self.scope
         s.call_seq += 1
-        if result is not None and values.json_size(result) > RESULT_LOG_LIMIT:
-            result = {"truncated": True, "bytes": values.json_size(result)}
+        if result is not None:
+            size = values.json_size(result) if size is None else size
+            if size > RESULT_LOG_LIMIT:
+                result = {"truncated": True, "bytes": size}
+            s.run.stored_bytes += min(size, RESULT_LOG_LIMIT)
+        s.run.stored_bytes += values.json_size(params)
         s.run.tool_calls.append(ToolCallRecord(
             seq=s.call_seq, phase=self.phase, target=call.target, connection=call.connection,
             tool=call.tool, kind=kind, params=params, ok=ok, result=result,

@@ -14,6 +14,7 @@ A run with empty reservations, or whose mutate makes no mutation call, commits o
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from keepflow.errors import (
     FailureClass,
     InvalidResult,
     PhaseViolation,
+    QuotaExceeded,
     RunFailure,
     ScriptError,
     TransientError,
@@ -36,13 +38,14 @@ from keepflow.model import (
     Phase,
     RunDraft,
     RunKind,
+    RunRecord,
     RunStatus,
     StateUpdate,
     SuspendReason,
     VersionRecord,
     WorkflowRecord,
 )
-from keepflow.runtime import ledger, values
+from keepflow.runtime import containment, ledger, values
 from keepflow.runtime.bridge import Bridge, RunScope
 from keepflow.runtime.routing import route_failure
 from keepflow.runtime.transitions import move
@@ -94,7 +97,8 @@ class Executor:
         bridge = Bridge(scope, phase)
         inv = Invocation(
             source=scope.version.source, handler=path, args=args, undefined_args=undefined,
-            connections=self.host.stub_shape, limits=scope.policy.sandbox_limits(),
+            connections=self.host.stub_shape, terminal=self.host.terminal_shape,
+            limits=scope.policy.sandbox_limits(),
         )
         result = self.host.pool.invoke(inv, bridge, bridge.on_log)
         after = getattr(result, "after_terminal", None) or []
@@ -122,22 +126,44 @@ class Executor:
                      trigger: str, fence: Fence | None) -> RunOutcome:
         run = self.new_run(wf, version, handler, RunKind.PRODUCER, trigger)
         scope = self._scope(run, version, fence, wf.name)
+        return self._contained(scope, lambda: self._producer(scope, handler))
+
+    def _contained(self, scope: RunScope, body: Callable[[], RunOutcome]) -> RunOutcome:
+        return containment.contained(self.host, scope, body, self._outcome)
+
+    def _producer(self, scope: RunScope, handler: str) -> RunOutcome:
+        run, wf_id = scope.run, scope.run.workflow_id
         move(run, RunStatus.RUNNING, self.host.clock.now())
-        has, state = self.host.store.load_state(wf.id, handler)
+        has, state = self.host.store.load_state(wf_id, handler)
         try:
             res, _ = self._invoke(scope, Phase.PRODUCER, ("producers", handler),
                                   (state,), frozenset() if has else frozenset({0}))
             new_state = None
             if not res.returned_undefined:
-                values.check_size(res.value, scope.policy.limits.state_bytes,
-                                  f"the state returned by {handler}")
+                run.stored_bytes += values.check_size(res.value, scope.policy.limits.state_bytes,
+                                                      f"the state returned by {handler}")
                 new_state = StateUpdate(handler, res.value)
         except RunFailure as f:
             return self._fail(scope, f, Phase.PRODUCER, {"state": state})
         self._note_duplicates(scope, Phase.PRODUCER)
         faults.point("producer.before_commit")
+        return self._commit(scope, Phase.PRODUCER, {"state": state}, {}, lambda quota:
+                            self.host.store.commit_producer_run(
+                                run, scope.fence, scope.publishes, new_state, quota=quota))
+
+    def _commit(self, scope: RunScope, phase: Phase, inputs: dict[str, Any],
+                reserve: dict[str, Any], commit: Callable[[int], object]) -> RunOutcome:
+        """The run's final commit, within the workflow's storage quota (docs/security.md#limits):
+        refused, nothing of it is written and the run fails at its last durable point."""
+        run = scope.run
+        before, seen = run.status, len(run.transitions)
         move(run, RunStatus.COMMITTED, self.host.clock.now())
-        self.host.store.commit_producer_run(run, scope.fence, scope.publishes, new_state)
+        try:
+            commit(scope.policy.limits.workflow_storage_bytes)
+        except QuotaExceeded as exc:
+            run.status, run.finished_at = before, None
+            del run.transitions[seen:]
+            return self._fail(scope, exc, phase, inputs, reserve=reserve)
         return self._outcome(run)
 
     # ------------------------------------------------------------------ consumers (SPEC §5)
@@ -145,7 +171,8 @@ class Executor:
     def run_consumer(self, wf: WorkflowRecord, version: VersionRecord, consumer: str,
                      trigger: str, fence: Fence | None) -> RunOutcome:
         run = self.new_run(wf, version, consumer, RunKind.CONSUMER, trigger)
-        return self._prepare(self._scope(run, version, fence, wf.name))
+        scope = self._scope(run, version, fence, wf.name)
+        return self._contained(scope, lambda: self._prepare(scope))
 
     def _prepare(self, scope: RunScope) -> RunOutcome:
         run, store, clock = scope.run, self.host.store, self.host.clock
@@ -166,6 +193,7 @@ class Executor:
             return self._fail(scope, f, Phase.PREPARE, {"state": state})
         scope.reserved_titles = [e.title for e in reserved]
         run.prepared = prepared.to_json()
+        run.stored_bytes += prepared.size
         move(run, RunStatus.PREPARED, clock.now(),
              note=f"reserved {len(reserved)} event(s)" if reserved else "nothing to do")
         reserve = {"reserve": prepared.reservations, "subscribed": sorted(scope.subscribed)}
@@ -245,6 +273,11 @@ class Executor:
             mutation_result=rec.mutation_result, failure=rec.failure, approval=rec.approval,
             persisted=True)
         scope = self._scope(run, ver, fence, wf.name)
+        return self._contained(scope, lambda: self._resume(scope, rec, wf, ver, reconcile))
+
+    def _resume(self, scope: RunScope, rec: RunRecord, wf: WorkflowRecord, ver: VersionRecord,
+                reconcile: bool) -> RunOutcome:
+        run, store = scope.run, self.host.store
         scope.reserved_titles = store.reserved_titles(run.id)
         now = self.host.clock.now()
         if run.status is RunStatus.FAILED:
@@ -328,8 +361,9 @@ class Executor:
                                   (prepared, run.mutation_result))
             state = None
             if not res.returned_undefined:
-                values.check_size(res.value, scope.policy.limits.state_bytes,
-                                  f"the state returned by {run.handler}.next")
+                run.stored_bytes += values.check_size(
+                    res.value, scope.policy.limits.state_bytes,
+                    f"the state returned by {run.handler}.next")
                 state = StateUpdate(run.handler, res.value)
         except RunFailure as f:
             return self._fail(scope, f, Phase.NEXT,
@@ -337,11 +371,11 @@ class Executor:
                               reserve=reserve)
         self._note_duplicates(scope, Phase.NEXT)
         faults.point("next.before_commit")
-        move(run, RunStatus.COMMITTED, self.host.clock.now())
-        self.host.store.commit_consumer_run(
-            run, scope.fence, publishes=scope.publishes, state=state, outcome=outcome, sleep=sleep,
-            **reserve)
-        return self._outcome(run)
+        return self._commit(
+            scope, Phase.NEXT, {"prepared": prepared, "mutationResult": run.mutation_result},
+            reserve, lambda quota: self.host.store.commit_consumer_run(
+                run, scope.fence, publishes=scope.publishes, state=state, outcome=outcome,
+                sleep=sleep, quota=quota, **reserve))
 
     # ------------------------------------------------------------------ failures (SPEC §8)
 

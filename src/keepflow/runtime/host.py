@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from keepflow.clock import Clock, SystemClock
+from keepflow.connectors.base import ToolKind
 from keepflow.connectors.config import Connections, load_connections
 from keepflow.errors import Conflict
 from keepflow.ids import new_id
@@ -55,6 +56,12 @@ class Host:
     def stub_shape(self) -> dict[str, tuple[str, ...]]:
         """``ctx.<connection>.<tool>`` stubs every invocation gets."""
         return {name: tuple(tools) for name, tools in self.connections.tool_kinds().items()}
+
+    @cached_property
+    def terminal_shape(self) -> dict[str, tuple[str, ...]]:
+        """The mutating tools among them: calling one ends the invocation (SPEC §5.2)."""
+        return {name: tuple(t for t, kind in tools.items() if kind is ToolKind.MUTATE)
+                for name, tools in self.connections.tool_kinds().items()}
 
     @contextmanager
     def lease(self, wf: WorkflowRecord) -> Iterator[Fence]:

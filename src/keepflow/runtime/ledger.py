@@ -40,9 +40,12 @@ from keepflow.model import (
     ToolCallRecord,
     Transition,
 )
+from keepflow.runtime import outside
 from keepflow.runtime.bridge import DeclaredMutation, RunScope
 from keepflow.runtime.routing import route_indeterminate
 from keepflow.runtime.transitions import move
+from keepflow.runtime.values import json_size
+from keepflow.store.rows import canonical_json
 from keepflow.store.store import Settle
 
 
@@ -112,7 +115,7 @@ def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
     mutation = scope.store.record_in_flight(run, scope.fence, draft, **reserve)
     t0 = time.perf_counter()
     try:
-        result = connector.call(call)
+        got = outside.call(connector, call)
     except UncertainOutcome as exc:
         faults.point("mutation.after_call")
         _log(scope, declared, call, t0, None, exc)
@@ -127,8 +130,11 @@ def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
         _log(scope, declared, call, t0, None, cause)
         return reconcile_now(scope, mutation, connector, cause)
     faults.point("mutation.after_call")
-    _log(scope, declared, call, t0, result, None)
-    return _applied(scope, mutation, result, resolved_by="host")
+    note = got.note(mutation.description)
+    if note is not None:
+        scope.note(Phase.MUTATE, "warn", note)
+    _log(scope, declared, call, t0, got.value, None)
+    return _applied(scope, mutation, got.value, resolved_by="host")
 
 
 def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connector,
@@ -139,7 +145,7 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
     if not connector.can_reconcile(call):
         return _indeterminate(scope, mutation, cause)
     try:
-        answer = connector.reconcile(replace(
+        answer = outside.reconcile(connector, replace(
             call, timeout=scope.policy_for(mutation.connection).timeouts.reconcile_call_seconds))
     except Exception as exc:
         detail = exc.message if isinstance(exc, ConnectorError) else f"{type(exc).__name__}"
@@ -227,12 +233,15 @@ def _indeterminate(scope: RunScope, mutation: MutationRecord, cause: ConnectorEr
 
 
 def approved(approval: dict[str, Any] | None, declared: DeclaredMutation) -> bool:
-    """Whether a person approved exactly this declaration (same tool, same params)."""
+    """Whether a person approved exactly this declaration: same connection, tool and params,
+    compared as canonical JSON — with types, so ``1`` is not ``true`` and ``"1"`` is not ``1``
+    (Python's ``==`` would say ``1 == True``): what was approved is exactly what is sent."""
     if not approval or approval.get("status") != "approved":
         return False
     m = approval.get("mutation") or {}
-    return (m.get("connection"), m.get("tool"), m.get("params")) == (
-        declared.connection, declared.tool, declared.params)
+    shown = {"connection": m.get("connection"), "tool": m.get("tool"), "params": m.get("params")}
+    sent = {"connection": declared.connection, "tool": declared.tool, "params": declared.params}
+    return canonical_json(shown) == canonical_json(sent)
 
 
 def _await_approval(scope: RunScope, declared: DeclaredMutation, description: str,
@@ -252,6 +261,8 @@ def _await_approval(scope: RunScope, declared: DeclaredMutation, description: st
 def _log(scope: RunScope, declared: DeclaredMutation | MutationRecord, call: ToolCall,
          t0: float, result: Any, error: ConnectorError | None) -> None:
     scope.call_seq += 1
+    # The attempt's params and result, kept by the ledger and the run (docs/security.md#limits).
+    scope.run.stored_bytes += json_size(dict(call.params)) + json_size(result)
     scope.run.tool_calls.append(ToolCallRecord(
         seq=scope.call_seq, phase=Phase.MUTATE, target="tool", connection=declared.connection,
         tool=declared.tool, kind=ToolKind.MUTATE.value,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from keepflow.errors import Conflict
 from keepflow.runtime.executor import RunOutcome
+from keepflow.storable import escape_text
 
 if TYPE_CHECKING:
     from keepflow.runtime.host import Host
@@ -17,6 +19,8 @@ class RecoveryReport:
     resumed: list[RunOutcome] = field(default_factory=list)
     #: Workflows whose lease another live host holds: that host recovers them.
     skipped_workflows: list[str] = field(default_factory=list)
+    #: Workflows whose recovery failed inside the host (name → why); the others went on.
+    failed_workflows: dict[str, str] = field(default_factory=dict)
 
 
 def recover(host: Host, workflow_id: str | None = None) -> RecoveryReport:
@@ -35,4 +39,9 @@ def recover(host: Host, workflow_id: str | None = None) -> RecoveryReport:
                     report.resumed.append(host.executor.resume(run_id, fence))
         except Conflict:
             report.skipped_workflows.append(wf.name)
+        except Exception as exc:  # one workflow's trouble never stops the others' recovery
+            why = escape_text(f"{type(exc).__name__}: {exc}")[:500]
+            logging.getLogger("keepflow.runtime").error("recovery of %s failed: %s",
+                                                        wf.name, why)
+            report.failed_workflows[wf.name] = why
     return report

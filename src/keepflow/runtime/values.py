@@ -6,14 +6,15 @@ whose message names the value, the rule and what to do instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from keepflow.errors import InvalidResult
 from keepflow.model import EventDraft, Reservation
-from keepflow.store.rows import canonical_json, sha256_json
+from keepflow.store.rows import canonical_json
 
 TITLE_MAX = 200  # SPEC §3
 MESSAGE_ID_MAX = 256  # SPEC §3
@@ -24,8 +25,14 @@ def json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def check_size(value: Any, limit: int, what: str) -> None:
+def check_size(value: Any, limit: int, what: str) -> int:
+    """The JSON size of ``value`` in bytes; :class:`InvalidResult` if it is over ``limit``."""
     size = json_size(value)
+    _check(size, limit, what)
+    return size
+
+
+def _check(size: int, limit: int, what: str) -> None:
     if size > limit:
         raise InvalidResult(
             f"{what} is {_kib(size)} as JSON, over the limit of {_kib(limit)} (policy "
@@ -69,11 +76,13 @@ def event_draft(topic: Any, event: Any, *, declared: frozenset[str], payload_lim
             f"{TITLE_MAX} are allowed"
         )
     payload = event.get("payload")
-    check_size(payload, payload_limit, f"the payload of event '{title}'")
+    # One serialisation gives both the size and the hash (sorting keys keeps the length).
+    canonical = canonical_json(payload).encode()
+    _check(len(canonical), payload_limit, f"the payload of event '{title}'")
     message_id = event.get("messageId")
     if message_id is None:
         # SPEC §3: derived from a hash of the canonical payload when omitted.
-        message_id = "sha256:" + sha256_json(payload)[:40]
+        message_id = "sha256:" + hashlib.sha256(canonical).hexdigest()[:40]
     elif isinstance(message_id, bool) or not isinstance(message_id, (str, int)):
         raise InvalidResult(
             f"ctx.publish('{topic}', …): `messageId` must be a string derived from the external "
@@ -85,8 +94,10 @@ def event_draft(topic: Any, event: Any, *, declared: frozenset[str], payload_lim
             f"ctx.publish('{topic}', …): `messageId` must be 1 to {MESSAGE_ID_MAX} characters "
             f"(got {len(message_id)})"
         )
-    return EventDraft(topic=topic, message_id=message_id, title=title.strip(), payload=payload,
-                      payload_sha256=sha256_json(payload))
+    title = title.strip()
+    size = len(canonical) + len(title.encode()) + len(message_id.encode())
+    return EventDraft(topic=topic, message_id=message_id, title=title, payload=payload,
+                      payload_sha256=hashlib.sha256(canonical).hexdigest(), size=size)
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,7 @@ class PrepareResult:
     reservations: tuple[Reservation, ...]
     data: Any
     ui: Any
+    size: int = 0  # bytes of its JSON
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,8 +153,8 @@ def prepare_result(value: Any, *, subscribed: frozenset[str], limit: int) -> Pre
         data=value.get("data"),
         ui=value.get("ui"),
     )
-    check_size(result.to_json(), limit, "the PrepareResult")
-    return result
+    size = check_size(result.to_json(), limit, "the PrepareResult")
+    return replace(result, size=size)
 
 
 def mutation_params(args: tuple[Any, ...], display: str) -> dict[str, Any]:

@@ -53,6 +53,9 @@ class Invocation:
     undefined_args: frozenset[int] = frozenset()
     #: ``ctx.<connection>.<tool>`` stubs to create: connection name -> tool names.
     connections: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The tools among them that mutate: a call of one is terminal (SPEC §5.2) — once the
+    #: script queued it, nothing it does afterwards has any effect.
+    terminal: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     limits: SandboxLimits = field(default_factory=SandboxLimits)
 
 

@@ -206,6 +206,11 @@ class Session:
         """The wire error for a poll whose state is ``threw`` or ``fatal``."""
         err = poll.header["error"] or {}
         if poll.state == "threw":
+            if err.get("name") == "object" and err.get("message") == "null" and \
+                    self._hooks.out_of_memory_seen:
+                # The engine throws `null` when it cannot even allocate its out-of-memory
+                # error (e.g. a Map growing past the heap limit): see native.py.
+                return failures.limit("memory", "the script ran out of memory")
             return failures.thrown(
                 str(err.get("name", "Error")), str(err.get("message", "")),
                 str(err.get("stack", "")), self.user_lines,

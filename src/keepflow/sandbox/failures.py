@@ -93,6 +93,9 @@ def thrown(name: str, message: str, stack: str, user_lines: int) -> dict[str, An
     """A value thrown by the script (or by the engine on its behalf), as a wire error."""
     if name == "InternalError" and message == "out of memory":
         return limit("memory", f"the script ran out of memory ({name}: {message})")
+    if name == "InternalError" and message == "string too long":
+        return limit("memory", "the script built a string longer than the engine allows "
+                               f"({name}: {message})")
     if name == "InternalError" and message == "interrupted":
         return limit("cpu", "the script used up its CPU time")
     if (name == "RangeError" and "call stack size exceeded" in message) or (

@@ -12,6 +12,12 @@ invocation. The worker compiles it once (``JS_Eval`` with ``COMPILE_ONLY``), kee
 ``JS_EvalFunction``, ~0.15 ms). Each context still gets its own closures and state: only the
 immutable bytecode is reused.
 
+**Out-of-memory errors that are `null`.** When the heap is so full that the engine cannot even
+allocate its "out of memory" error, it throws ``null``. A rejection with reason ``null`` while
+the heap is at its limit (``JS_ComputeMemoryUsage``, measured in the tracker callback, before the
+failing frame's memory is freed) is recorded, so the run fails as ``limit="memory"`` and not as
+a script that threw ``null``.
+
 **Swallowed out-of-memory errors.** When the heap is exhausted while the engine queues a
 promise reaction, it drops the reaction and leaves the exception pending on the context (the
 awaiting code would then look like it awaits forever). ``JS_HasException`` after a drain tells
@@ -36,11 +42,16 @@ _BINDING_VERSION = "0.17.0.2"
 _ENGINE_VERSION = b"0.17.0"
 _HEAD = 16  # sizeof(PyObject_HEAD) on 64-bit CPython without Py_TRACE_REFS
 _TAG_BOOL = 1
+_TAG_NULL = 2
 _TAG_UNDEFINED = 3
 _TAG_EXCEPTION = 6
 _TAG_OBJECT = -1
 _EVAL_COMPILE_ONLY = 1 << 5
 _OBJ_BYTECODE = 1 << 0
+#: ``JSMemoryUsage`` is a struct of int64 counters (26 today); room to spare.
+_MEMORY_USAGE_FIELDS = 64
+#: A ``null`` rejection with the heap at least this full is the engine's out-of-memory.
+_HEAP_FULL = 0.9
 #: The cached prelude stores its dispatch function here; the driver takes it and deletes it
 #: before any user code exists.
 DISPATCH_GLOBAL = "__kfDispatch"
@@ -84,6 +95,8 @@ class EngineHooks:
         self._js_context: int | None = None
         self._prelude: bytes | None = None
         self._callback = _TRACKER(self._on_rejection)
+        #: Set when a promise rejected with ``null`` while the heap was at its limit.
+        self.out_of_memory_seen = False
         if self.problem is None:
             self.problem = self._load()
 
@@ -130,6 +143,8 @@ class EngineHooks:
             lib.JS_UpdateStackTop.restype = None
             lib.js_free.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
             lib.js_free.restype = None
+            lib.JS_ComputeMemoryUsage.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            lib.JS_ComputeMemoryUsage.restype = None
         except (OSError, AttributeError, ImportError) as exc:
             return f"cannot load the engine's symbols: {exc}"
         self._lib = lib
@@ -207,6 +222,7 @@ class EngineHooks:
         self._recorder = recorder
         self._fn = value
         self._js_context = js_context
+        self.out_of_memory_seen = False
         self._lib.JS_SetHostPromiseRejectionTracker(runtime, self._callback, None)
         return True
 
@@ -215,6 +231,12 @@ class EngineHooks:
         if self._lib is None or self._js_context is None:
             return False
         return bool(self._lib.JS_HasException(self._js_context))
+
+    def _heap_full(self, ctx: int) -> bool:
+        usage = (ctypes.c_int64 * _MEMORY_USAGE_FIELDS)()
+        self._lib.JS_ComputeMemoryUsage(self._lib.JS_GetRuntime(ctx), usage)
+        size, limit = usage[0], usage[1]  # malloc_size, malloc_limit
+        return limit > 0 and size >= limit * _HEAP_FULL
 
     def detach(self) -> None:
         """Forget the context (it is about to be freed with its runtime)."""
@@ -230,6 +252,8 @@ class EngineHooks:
             lib = self._lib
             if lib is None or self._recorder is None:
                 return
+            if reason.tag == _TAG_NULL and not handled and self._heap_full(ctx):
+                self.out_of_memory_seen = True
             argv = (_JSValue * 3)(promise, reason, _JSValue(1 if handled else 0, _TAG_BOOL))
             result = lib.JS_Call(ctx, self._fn, _JSValue(0, _TAG_UNDEFINED), 3, argv)
             if result.tag == _TAG_EXCEPTION:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from keepflow.errors import SandboxCrashed, SandboxLimitExceeded, ScriptError
+from keepflow.errors import InvalidResult, SandboxCrashed, SandboxLimitExceeded, ScriptError
 from keepflow.sandbox import failures
 from keepflow.sandbox.api import (
     HostCall,
@@ -32,6 +32,7 @@ from keepflow.sandbox.api import (
 from keepflow.sandbox.process import WorkerProcess
 from keepflow.sandbox.protocol import ProtocolTimeout
 from keepflow.sandbox.values import encode_for_js
+from keepflow.storable import escape_deep, escape_text, first_unstorable, maybe_unstorable
 
 MAX_LOG_ENTRIES = 1000
 MAX_LOG_CHARS = 4096
@@ -94,7 +95,9 @@ class _Run:
         self.cpu = float(header.get("cpu", self.cpu))
         self.jobs = int(header.get("jobs", self.jobs))
         for e in body.get("logs", ()):
-            self.log(LogEntry(level=e["level"], message=e["message"], at=float(e["at"])))
+            # Human text: an unstorable character is written out visibly, never refused.
+            self.log(LogEntry(level=e["level"], message=escape_text(e["message"]),
+                              at=float(e["at"])))
 
     def result(self, outcome: Any, **fields: Any) -> InvocationResult:
         return InvocationResult(
@@ -122,6 +125,15 @@ def _host_call(c: dict[str, Any]) -> HostCall:
         seq=int(c["seq"]), target=c["target"], args=tuple(c["args"]),
         connection=c.get("connection"), tool=c.get("tool"),
     )
+
+
+def _check_call(call: HostCall) -> None:
+    """Refuse a call whose arguments hold text the host cannot store: nothing of it is
+    performed, declared or recorded (docs/security.md#text-the-host-can-store)."""
+    for i, arg in enumerate(call.args):
+        bad = first_unstorable(arg)
+        if bad is not None:
+            raise InvalidResult(bad.describe(f"{call.display}() argument {i + 1}"))
 
 
 class SandboxPool:
@@ -230,6 +242,7 @@ class SandboxPool:
             "handler": list(inv.handler),
             "undefinedArgs": sorted(inv.undefined_args),
             "connections": {k: list(v) for k, v in inv.connections.items()},
+            "terminal": {k: list(v) for k, v in inv.terminal.items()},
             "maxHostCalls": limits.max_host_calls,
             "maxMessage": limits.max_message_bytes,
             "maxLogs": MAX_LOG_ENTRIES,
@@ -239,6 +252,10 @@ class SandboxPool:
                   inv.source, args)
         while True:
             header, payload = run.wall.recv(proc)
+            # The sandbox boundary (docs/security.md#text-the-host-can-store): JSON.stringify
+            # writes a lone surrogate or NUL only as an escape, so text without one needs no
+            # walk; otherwise each value is checked before the host uses it.
+            suspicious = maybe_unstorable(payload)
             body = json.loads(payload) if payload else {}
             run.absorb(header, body)
             proc.retire = proc.retire or bool(header.get("retire"))
@@ -246,30 +263,36 @@ class SandboxPool:
             if kind == "calls":
                 calls = [_host_call(c) for c in body["calls"]]
                 run.host_calls += len(calls)
-                replies = self._answer(proc, run, calls, on_call)
+                replies = self._answer(proc, run, calls, on_call, check=suspicious)
                 if isinstance(replies, InvocationResult):
                     return replies
                 proc.send({"op": "replies"}, replies)
             elif kind == "result":
                 proc.in_sync = True
+                value = body.get("value")
+                bad = first_unstorable(value) if suspicious else None
+                if bad is not None:
+                    raise InvalidResult(bad.describe("the handler's return value"))
                 return run.result(
-                    "returned", value=body.get("value"),
-                    returned_undefined=bool(body.get("undefined")),
+                    "returned", value=value, returned_undefined=bool(body.get("undefined")),
                 )
             elif kind == "error":
                 proc.in_sync = True
-                raise failures.from_wire(header["error"])
+                raise failures.from_wire(escape_deep(header["error"]))
             else:
                 proc.kill()
                 raise SandboxCrashed(f"the sandbox worker sent an unexpected {kind!r} frame")
 
     def _answer(
-        self, proc: WorkerProcess, run: _Run, calls: list[HostCall], on_call: HostCallHandler
+        self, proc: WorkerProcess, run: _Run, calls: list[HostCall], on_call: HostCallHandler,
+        *, check: bool,
     ) -> bytes | InvocationResult:
         """Ask the host about each call in order; stop at a Terminate (SPEC §5.2)."""
         parts: list[bytes] = []
         try:
             for i, call in enumerate(calls):
+                if check:
+                    _check_call(call)
                 reply = on_call(call)
                 if isinstance(reply, Terminate):
                     self._stop(proc, run, "terminate")
@@ -318,8 +341,9 @@ class SandboxPool:
             proc.in_sync = True
             proc.retire = proc.retire or bool(header.get("retire"))
             if header.get("type") == "error":
-                raise failures.from_wire(header["error"])
-            manifest: dict[str, Any] = json.loads(payload)["value"]
+                raise failures.from_wire(escape_deep(header["error"]))
+            # Names that are not valid text are shown escaped; the load-time rules refuse them.
+            manifest: dict[str, Any] = escape_deep(json.loads(payload)["value"])
             return manifest
         finally:
             self._release(proc)

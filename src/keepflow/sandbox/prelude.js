@@ -3,8 +3,11 @@
 // function that only the Python driver holds (it is never stored on the global object).
 //
 // Everything the bridge uses is captured here, before any user code runs, and its bookkeeping
-// lives in null-prototype objects: prototype pollution or reassigned globals cannot forge a host
-// reply, steal one, or hide a host call (SPEC §5.2: a terminal call never returns).
+// lives in null-prototype objects — property descriptors included: prototype pollution
+// (`Object.prototype.get = …`) or reassigned globals cannot forge a host reply, steal one, make
+// a host call throw, or hide one (SPEC §5.2: a terminal call never returns).
+// Code cannot be built from strings: `eval`, `Function` and the constructors of async and
+// generator functions throw (docs/security.md#the-sandbox).
 // Protocol with the driver: every result is `header + "\n" + payload`, both JSON texts.
 (function () {
   "use strict";
@@ -41,18 +44,56 @@
   const StringCtor = String;
   const stringSlice = String.prototype.slice;
   const stringIndexOf = String.prototype.indexOf;
+  const stringCharCodeAt = String.prototype.charCodeAt;
   const regexpExec = RegExp.prototype.exec;
   const isPrototypeOf = Object.prototype.isPrototypeOf;
   const ErrorProto = Error.prototype;
   const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
   const MAX_DEPTH = 64;
 
+  // A property descriptor that inherits nothing: a polluted Object.prototype (`get`, `set`,
+  // `writable`, …) would otherwise turn defineProperty into a throw or an accessor.
+  function desc(value, writable, enumerable, configurable) {
+    const d = objectCreate(null);
+    d.value = value;
+    d.writable = writable;
+    d.enumerable = enumerable;
+    d.configurable = configurable;
+    return d;
+  }
+
+  function lock(target, key, value) {
+    defineProperty(target, key, desc(value, false, false, false));
+  }
+
   // CallSite.getFunction() would hand out every function on the stack, including this
   // bridge: replace the accessor by an inert, locked data property (the engine then never
   // builds CallSite objects and `err.stack` stays a string).
-  defineProperty(G.Error, "prepareStackTrace", {
-    value: undefined, writable: false, enumerable: false, configurable: false,
-  });
+  lock(G.Error, "prepareStackTrace", undefined);
+
+  // No code from strings (eval, new Function, (async () => {}).constructor("…")): such code
+  // escapes every deploy-time check. Each constructor is replaced by one that throws, with the
+  // same `prototype`, so `instanceof Function` still works.
+  const NO_CODE_FROM_STRINGS = " is not available in keepflow scripts: code cannot be built " +
+    "from strings; write the code in the script (docs/security.md#the-sandbox)";
+  function blocker(name, proto) {
+    const fn = function () { throw new TypeErrorCtor(name + NO_CODE_FROM_STRINGS); };
+    if (proto !== null) lock(fn, "prototype", proto);
+    return freeze(fn);
+  }
+  const FunctionProto = Function.prototype;
+  const functionBlocker = blocker("Function", FunctionProto);
+  lock(FunctionProto, "constructor", functionBlocker);
+  defineProperty(G, "Function", desc(functionBlocker, false, false, false));
+  defineProperty(G, "eval", desc(blocker("eval", null), false, false, false));
+  const kinds = [
+    ["AsyncFunction", getPrototypeOf(async function () { /* probe */ })],
+    ["GeneratorFunction", getPrototypeOf(function* () { /* probe */ })],
+    ["AsyncGeneratorFunction", getPrototypeOf(async function* () { /* probe */ })],
+  ];
+  for (let i = 0; i < kinds.length; i++) {
+    lock(kinds[i][1], "constructor", blocker(kinds[i][0], kinds[i][1]));
+  }
 
   // ------------------------------------------------------------------ private state
   const S = objectCreate(null);
@@ -64,7 +105,7 @@
   S.module = "pending"; // pending | ok | threw
   S.moduleError = null;
   S.started = false;
-  S.state = "pending"; // pending | returned | threw | fatal
+  S.state = "pending"; // pending | returned | threw | fatal | terminal
   S.value = null; // JSON text of the returned value
   S.undefinedResult = false;
   S.error = null; // JSON text describing a throw or a fatal condition
@@ -83,9 +124,14 @@
   const serialErrors = new WeakSetCtor();
 
   function append(array, value) {
-    defineProperty(array, array.length, {
-      value: value, writable: true, enumerable: true, configurable: true,
-    });
+    defineProperty(array, array.length, desc(value, true, true, true));
+  }
+
+  // Once a terminal mutation is queued the invocation is over (SPEC §5.2): whatever the script
+  // does next — log, throw, return, reject — is dropped. Host calls made after it are still
+  // queued, so the host can refuse the run (a mutation must be the last thing mutate does).
+  function over() {
+    return S.state === "threw" || S.state === "fatal" || S.state === "terminal";
   }
 
   function kind(v) {
@@ -228,7 +274,10 @@
 
   function truncate(text, max) {
     if (text.length <= max) return text;
-    return apply(stringSlice, text, [0, max]) + "… [truncated, " + text.length + " chars]";
+    // Never cut a surrogate pair in half: the host would receive a lone surrogate.
+    const last = apply(stringCharCodeAt, text, [max - 1]);
+    const end = last >= 0xd800 && last <= 0xdbff ? max - 1 : max;
+    return apply(stringSlice, text, [0, end]) + "… [truncated, " + text.length + " chars]";
   }
 
   function describeThrown(e) {
@@ -257,7 +306,7 @@
   }
 
   function fatal(kind_, message) {
-    if (S.state === "threw" || S.state === "fatal") return;
+    if (over()) return;
     S.state = "fatal";
     S.error = '{"kind":' + jsonStringify(kind_) + ',"message":' + jsonStringify(message) + "}";
   }
@@ -271,7 +320,7 @@
   }
 
   function threw(e) {
-    if (S.state === "threw" || S.state === "fatal") return;
+    if (over()) return;
     S.state = "threw";
     S.error = describeThrown(e);
   }
@@ -320,7 +369,7 @@
   }
 
   function log(level, args) {
-    if (S.state === "threw" || S.state === "fatal") return;
+    if (over()) return;
     if (S.logCount > S.maxLogs) return;
     let message;
     if (S.logCount === S.maxLogs) {
@@ -352,12 +401,12 @@
   // Own `constructor`/`then` make `await` take the engine's direct path, so a script that
   // patches Promise.prototype cannot make a call "return" before the host answered it.
   function ownPromise(p) {
-    defineProperty(p, "constructor", { value: PromiseCtor });
-    defineProperty(p, "then", { value: promiseThen });
+    defineProperty(p, "constructor", desc(PromiseCtor, false, false, false));
+    defineProperty(p, "then", desc(promiseThen, false, false, false));
     return freeze(p);
   }
 
-  function hostCall(target, connection, tool, display, args) {
+  function hostCall(target, connection, tool, display, args, terminal) {
     if (S.state === "threw" || S.state === "fatal") return never();
     if (S.calls >= S.maxHostCalls) {
       fatal("host_calls", "more than " + S.maxHostCalls + " host calls in one invocation");
@@ -380,6 +429,13 @@
       text += (i > 0 ? "," : "") + part;
     }
     text += "]";
+    // One turn's calls cross in one message: together they obey the same size limit.
+    if (S.queue.length + text.length > S.maxMessage) {
+      fatal("size", display + "(): the calls made in one turn (before awaiting) are larger " +
+        "than " + S.maxMessage + " characters of JSON together; await each call, or send " +
+        "less data");
+      return never();
+    }
     S.calls++;
     const seq = S.calls;
     let resolveFn;
@@ -392,11 +448,17 @@
     entry += ',"args":' + text + "}";
     S.queue += (S.queued > 0 ? "," : "") + entry;
     S.queued++;
+    if (terminal) {
+      S.state = "terminal";
+      return never();
+    }
     return ownPromise(p);
   }
 
-  function stub(target, connection, tool, display) {
-    return freeze(function () { return hostCall(target, connection, tool, display, arguments); });
+  function stub(target, connection, tool, display, terminal) {
+    return freeze(function () {
+      return hostCall(target, connection, tool, display, arguments, terminal);
+    });
   }
 
   function listNames(names) {
@@ -418,26 +480,35 @@
     return new ProxyCtor(freeze(target), handler);
   }
 
-  function makeCtx(connections) {
-    const ctx = {
-      publish: stub("publish", null, null, "ctx.publish"),
-      peek: stub("peek", null, null, "ctx.peek"),
-      getByIds: stub("getByIds", null, null, "ctx.getByIds"),
-      log: logFunction("info"),
-    };
+  function has(object, key) {
+    return getOwnPropertyDescriptor(object, key) !== undefined;
+  }
+
+  // connections: name -> [tool, ...]; terminal: name -> [mutating tool, ...] (SPEC §5.2).
+  function makeCtx(connections, terminal) {
+    const ctx = {};
+    defineProperty(ctx, "publish", desc(stub("publish", null, null, "ctx.publish", false),
+      false, true, false));
+    defineProperty(ctx, "peek", desc(stub("peek", null, null, "ctx.peek", false),
+      false, true, false));
+    defineProperty(ctx, "getByIds", desc(stub("getByIds", null, null, "ctx.getByIds", false),
+      false, true, false));
+    defineProperty(ctx, "log", desc(logFunction("info"), false, true, false));
     const names = objectKeys(connections);
     for (let i = 0; i < names.length; i++) {
       const name = names[i];
-      if (name in ctx) continue;
+      if (has(ctx, name)) continue;
       const tools = connections[name];
+      const mutating = has(terminal, name) ? terminal[name] : [];
       const conn = {};
       for (let j = 0; j < tools.length; j++) {
         const tool = tools[j];
-        defineProperty(conn, tool, {
-          value: stub("tool", name, tool, "ctx." + name + "." + tool), enumerable: true,
-        });
+        let isTerminal = false;
+        for (let k = 0; k < mutating.length; k++) if (mutating[k] === tool) isTerminal = true;
+        defineProperty(conn, tool, desc(
+          stub("tool", name, tool, "ctx." + name + "." + tool, isTerminal), false, true, false));
       }
-      defineProperty(ctx, name, { value: guard(conn, "ctx." + name, tools), enumerable: true });
+      defineProperty(ctx, name, desc(guard(conn, "ctx." + name, tools), false, true, false));
     }
     return guard(ctx, "ctx", names);
   }
@@ -460,14 +531,12 @@
   });
   freeze(Keep.workflow);
   freeze(Keep.consumer);
-  defineProperty(G, "Keep", { value: Keep, writable: false, enumerable: false, configurable: false });
+  defineProperty(G, "Keep", desc(Keep, false, false, false));
   const consoleObject = freeze({
     log: logFunction("info"), info: logFunction("info"), warn: logFunction("warn"),
     error: logFunction("error"), debug: logFunction("debug"),
   });
-  defineProperty(G, "console", {
-    value: consoleObject, writable: false, enumerable: false, configurable: false,
-  });
+  defineProperty(G, "console", desc(consoleObject, false, false, false));
 
   // ------------------------------------------------------------------ driver operations
   function watchModule(promise) {
@@ -541,13 +610,11 @@
     const args = jsonParse(argsText);
     const undefinedArgs = spec.undefinedArgs;
     for (let i = 0; i < undefinedArgs.length; i++) {
-      defineProperty(args, undefinedArgs[i], {
-        value: undefined, writable: true, enumerable: true, configurable: true,
-      });
+      defineProperty(args, undefinedArgs[i], desc(undefined, true, true, true));
     }
     const callArgs = objectCreate(null);
     callArgs.length = args.length + 1;
-    callArgs[0] = makeCtx(spec.connections);
+    callArgs[0] = makeCtx(spec.connections, spec.terminal);
     for (let i = 0; i < args.length; i++) callArgs[i + 1] = args[i];
     let result;
     try {
@@ -563,7 +630,7 @@
 
   function onReturned(v) {
     try {
-      if (S.state !== "pending") return;
+      if (S.state !== "pending") return; // threw, fatal, or over after a terminal call
       if (v === undefined) {
         S.undefinedResult = true;
         S.value = "null";
@@ -589,7 +656,7 @@
   const OUT_OF_MEMORY = '{"name":"InternalError","message":"out of memory","stack":""}';
 
   function outOfMemory() {
-    if (S.state === "threw" || S.state === "fatal") return;
+    if (over()) return;
     S.state = "threw";
     S.error = OUT_OF_MEMORY;
   }

@@ -9,6 +9,7 @@ manifest without errors into the typed :class:`WorkflowManifest` the runtime use
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,12 @@ NAME_RULE = (
     '1–64 characters of lowercase letters, digits, ".", "_" and "-", starting with a letter or '
     "digit"
 )
+#: Handler names are JavaScript identifiers: they are printed in logs, the CLI and the UI, and
+#: typed as CLI arguments, so nothing else (no control characters, no spaces) is allowed.
+HANDLER_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}")
 INTERVAL_RE = re.compile(r"([1-9][0-9]*)([smhd])")
+#: The shortest producer interval allowed unless a policy says otherwise (docs/security.md).
+DEFAULT_MIN_INTERVAL_SECONDS = 30
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 SCHEDULE_HELP = (
     'a schedule is { interval: "30s" | "5m" | "2h" | "1d" } (a positive integer and a unit '
@@ -191,15 +197,18 @@ def build_manifest(manifest: Mapping[str, Any]) -> WorkflowManifest:
 # ---- load-time rules ----------------------------------------------------------------------
 
 
-def check_manifest(manifest: Mapping[str, Any], source: str) -> list[Finding]:
+def check_manifest(manifest: Mapping[str, Any], source: str, *,
+                   min_interval_seconds: int = DEFAULT_MIN_INTERVAL_SECONDS) -> list[Finding]:
     """Load-time rules of SPEC §2 on the engine's manifest of ``source``."""
-    return _Checker(manifest, Script(source)).run()
+    return _Checker(manifest, Script(source), min_interval_seconds).run()
 
 
 class _Checker:
-    def __init__(self, manifest: Mapping[str, Any], script: Script) -> None:
+    def __init__(self, manifest: Mapping[str, Any], script: Script,
+                 min_interval_seconds: int) -> None:
         self.m = manifest
         self.script = script
+        self.min_interval = min_interval_seconds
         self.findings: list[Finding] = []
 
     def at(self, path: Sequence[str | int], *, key: bool = True) -> tuple[int | None, int | None]:
@@ -283,10 +292,20 @@ class _Checker:
             form = spec.get("form") if isinstance(spec, dict) else None
             if form == "scheduled":
                 try:
-                    parse_schedule(spec.get("schedule"))
+                    schedule = parse_schedule(spec.get("schedule"))
                 except ScheduleError as exc:
                     path = ["producers", name, "schedule", *([exc.key] if exc.key else [])]
                     self.error("schedule", f"producer {name}: {exc}", path)
+                    continue
+                every = schedule.interval_seconds
+                if every is not None and every < self.min_interval:
+                    self.error(
+                        "schedule",
+                        f"producer {name}: interval {every}s is shorter than the minimum of "
+                        f"{self.min_interval}s (policy limits.min_interval_seconds); poll less "
+                        "often, or ask the operator to lower the limit "
+                        "(docs/security.md#limits)",
+                        ["producers", name, "schedule", "interval"])
             elif form != "function":
                 problem = spec.get("problem") if isinstance(spec, dict) else None
                 self.error(
@@ -397,6 +416,15 @@ class _Checker:
             occurrences += [
                 (n, kind, None) for n in _mapping(self.m.get(group)) if n not in in_source
             ]
+        for group in ("producers", "consumers"):
+            for name in _mapping(self.m.get(group)):
+                if not HANDLER_RE.fullmatch(name):
+                    self.error(
+                        "handler-name",
+                        f"{group[:-1]} name {json.dumps(name)} is invalid: a handler name is a "
+                        "JavaScript identifier of at most 64 characters (letters, digits, _ "
+                        "and $, not starting with a digit), e.g. pollInbox",
+                        [group, name])
         first: dict[str, tuple[str, Node | None]] = {}
         for name, kind, node in occurrences:
             if name not in first:

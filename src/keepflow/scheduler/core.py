@@ -8,7 +8,9 @@ wake-ups). A driver (``loop.py`` in production, tests step it by hand with a fak
 * :meth:`Scheduler.take` to get runs to start: at most one per workflow, workflows served in
   FIFO order (fair: a busy workflow goes to the back after each run), and within a workflow
   manual consumer triggers, then ready consumers (oldest pending event first), then producers;
-* :meth:`Scheduler.finished` when a run ends.
+* :meth:`Scheduler.finished` when a run ends. A run that crashed inside the host (no outcome)
+  holds its workflow back with exponential backoff, so one broken workflow never spins the
+  host; manual triggers still go through.
 
 Nothing polls: 10,000 idle workflows are 10,000 heap entries and no work until one is due.
 """
@@ -20,10 +22,10 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
-from keepflow.errors import Conflict, NotFound
+from keepflow.errors import Conflict, KeepflowError, NotFound
 from keepflow.model import RunKind, RunStatus, WorkflowRecord, WorkflowStatus
 from keepflow.runtime.executor import RunOutcome
 from keepflow.sandbox.rules import WorkflowManifest
@@ -32,6 +34,15 @@ from keepflow.store.schedule import HandlerFacts
 from keepflow.store.store import Store
 
 Trigger = Literal["schedule", "event", "manual", "resume", "reconcile"]
+
+#: Backoff after a run crashed inside the host: 1 s, 2 s, 4 s … at most 5 minutes.
+CRASH_BACKOFF_SECONDS = 1.0
+CRASH_BACKOFF_MAX_SECONDS = 300.0
+
+
+def crash_backoff(crashes: int) -> float:
+    """Seconds a workflow is held back after its ``crashes``-th crash in a row (pure)."""
+    return min(CRASH_BACKOFF_SECONDS * 2.0 ** max(0, crashes - 1), CRASH_BACKOFF_MAX_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -64,12 +75,17 @@ class Slot:
     #: Suspended runs whose background reconciliation is due (SPEC §6 step 5): run → handler.
     reconcile_due: dict[str, str] = field(default_factory=dict)
     queued: bool = False
+    #: Runs in a row that crashed inside the host, and until when the workflow is held back.
+    crashes: int = 0
+    held_until: datetime | None = None
 
     @property
     def active(self) -> bool:
         return self.status is WorkflowStatus.ACTIVE
 
     def has_work(self) -> bool:
+        if self.held_until is not None:
+            return bool(self.manual)
         return (bool(self.manual) or self.resume is not None or bool(self.reconcile_due)
                 or (self.active and (self.dirty or bool(self.due_producers))))
 
@@ -127,7 +143,10 @@ class Scheduler:
                     generation=(old.generation + 1) if old else 0)
         if old is not None:
             slot.busy, slot.manual, slot.due_producers = old.busy, old.manual, old.due_producers
+            slot.crashes, slot.held_until = old.crashes, old.held_until
         self.slots[wf.id] = slot
+        if slot.held_until is not None:
+            self._push(slot.held_until, slot, "retry", "")
         if slot.busy is None:
             self._set_unfinished(slot, unfinished)
         now = self.now()
@@ -192,6 +211,10 @@ class Scheduler:
             elif kind == "reconcile":
                 run_id, _, consumer = handler.partition(":")
                 slot.reconcile_due[run_id] = consumer
+                self._enqueue(slot)
+            elif kind == "retry":  # the backoff after a crash is over
+                slot.held_until = None
+                slot.dirty = True
                 self._enqueue(slot)
             else:  # a sleeping consumer's backoff timeout (SPEC §7.3)
                 slot.dirty = True
@@ -275,6 +298,8 @@ class Scheduler:
         return out
 
     def _decide(self, slot: Slot) -> RunRequest | None:
+        if slot.held_until is not None:  # after a crash only a person's trigger runs
+            return self._decide_manual(slot)
         if slot.resume is not None:
             run_id, handler = slot.resume
             slot.resume = None
@@ -310,6 +335,15 @@ class Scheduler:
             return self._request(slot, handler, RunKind.PRODUCER, "schedule", fired)
         return None
 
+    def _decide_manual(self, slot: Slot) -> RunRequest | None:
+        m = slot.manifest
+        if m is None or slot.blocked is not None or not slot.manual:
+            return None
+        handler = next(iter(slot.manual))
+        del slot.manual[handler]
+        kind = RunKind.CONSUMER if handler in m.consumers else RunKind.PRODUCER
+        return self._request(slot, handler, kind, "manual")
+
     def _request(self, slot: Slot, handler: str, kind: RunKind, trigger: Trigger,
                  fired: datetime | None = None) -> RunRequest:
         return RunRequest(slot.id, slot.name, handler, kind, trigger, fired)
@@ -322,11 +356,21 @@ class Scheduler:
             return
         slot.busy = None
         slot.dirty = True  # a commit may have published to a subscribed topic
+        if outcome is None:
+            slot.crashes += 1
+            slot.held_until = self.now() + timedelta(seconds=crash_backoff(slot.crashes))
+            self._push(slot.held_until, slot, "retry", "")
+            self._emit("workflow.held", slot, handler=request.handler,
+                       until=slot.held_until.isoformat(), crashes=slot.crashes)
+        else:
+            slot.crashes = 0
         if outcome is None or outcome.status is not RunStatus.COMMITTED:
             # The run failed or was suspended: the workflow's status may have changed.
-            wf = self.store.get_workflow(slot.id)
-            slot.status = wf.status
-            self._refresh_block(slot)
+            try:
+                slot.status = self.store.get_workflow(slot.id).status
+                self._refresh_block(slot)
+            except KeepflowError as exc:  # the store is unavailable: keep what we know
+                self._emit("store.unavailable", slot, error=exc.message)
         elif request.kind is RunKind.CONSUMER:
             facts = self.store.handler_facts(slot.id).get((slot.id, request.handler))
             if facts and facts.sleep_until and facts.sleep_until > self.now():

@@ -31,6 +31,8 @@ log = logging.getLogger("keepflow.scheduler")
 CHANGE_POLL_SECONDS = 1.0
 LEASE_RENEW_SECONDS = 60.0
 MAX_SLEEP_SECONDS = 5.0
+#: Pause after a scheduler step failed (the store was unreachable, say) before the next one.
+STEP_RETRY_SECONDS = 1.0
 
 
 class StoppableClock(SystemClock):
@@ -131,23 +133,29 @@ class SchedulerLoop:
         next_poll = loop.time() + CHANGE_POLL_SECONDS
         next_renew = loop.time() + LEASE_RENEW_SECONDS
         while not self._stop.is_set():
-            self.scheduler.advance(self.host.clock.now())
-            free = self.concurrency - len(self._inflight)
-            for request in self.scheduler.take(free):
-                fence = self.leases.fence(request.workflow_id)
-                future = loop.run_in_executor(self._pool, execute, self.host, fence, request)
-                self._inflight[future] = request
-            if loop.time() >= next_poll:
-                next_poll = loop.time() + CHANGE_POLL_SECONDS
-                self._poll_changes()
-            if loop.time() >= next_renew:
-                next_renew = loop.time() + LEASE_RENEW_SECONDS
-                self.leases.renew()
-            next_side = self._run_periodic(loop)
-            if on_idle_tick is not None:
-                on_idle_tick()
-            await self._wait(min(next_poll, next_renew, next_side) - loop.time())
-            self._collect()
+            try:
+                self.scheduler.advance(self.host.clock.now())
+                free = self.concurrency - len(self._inflight)
+                for request in self.scheduler.take(free):
+                    fence = self.leases.fence(request.workflow_id)
+                    future = loop.run_in_executor(self._pool, execute, self.host, fence,
+                                                  request)
+                    self._inflight[future] = request
+                if loop.time() >= next_poll:
+                    next_poll = loop.time() + CHANGE_POLL_SECONDS
+                    self._poll_changes()
+                if loop.time() >= next_renew:
+                    next_renew = loop.time() + LEASE_RENEW_SECONDS
+                    self.leases.renew()
+                next_side = self._run_periodic(loop)
+                if on_idle_tick is not None:
+                    on_idle_tick()
+                await self._wait(min(next_poll, next_renew, next_side) - loop.time())
+                self._collect()
+            except Exception as exc:  # e.g. the store is unreachable: log, pause, go on
+                log.error("scheduler step failed: %s: %s; trying again in %gs",
+                          type(exc).__name__, exc, STEP_RETRY_SECONDS)
+                await asyncio.sleep(STEP_RETRY_SECONDS)
 
     def _run_periodic(self, loop: asyncio.AbstractEventLoop) -> float:
         """Start the side work that is due; returns when the next idle one is due (loop

@@ -82,6 +82,9 @@ workflows = Table(
     Column("lease_owner", String(64)),
     _ts("lease_expires_at", nullable=True),
     Column("fence", BigInteger, nullable=False, server_default=text("0")),
+    # Bytes the workflow makes the store keep (events, states, run logs and tool calls),
+    # charged at each commit against policy limits.workflow_storage_bytes.
+    Column("stored_bytes", BigInteger, nullable=False, server_default=text("0")),
     _ts("created_at"),
     _ts("updated_at"),
     # A running host notices deploys, pauses and resumes by the newest updated_at (SPEC §7).

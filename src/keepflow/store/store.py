@@ -115,7 +115,7 @@ class Store(PeopleOperations, SchedulerBookkeeping, NotificationStore):
         publishes: Sequence[EventDraft] = (), state: StateUpdate | None = None,
         finish_events: EventStatus | None = None, sleep: Sleep | None = None,
         wake: bool = False, workflow_status: tuple[WorkflowStatus, str] | None = None,
-        point: str,
+        quota: int | None = None, point: str,
     ) -> tuple[PublishReport, MutationRecord | None]:
         now = self.clock()
         report = PublishReport()
@@ -135,8 +135,14 @@ class Store(PeopleOperations, SchedulerBookkeeping, NotificationStore):
                     reset_attempts=settle.reset_attempts)
             if in_flight is not None:
                 mutation = ledger.record_in_flight_txn(conn, in_flight, now)
+            charge = run.stored_bytes
             if publishes:
                 report = ev.publish_txn(conn, run.workflow_id, run.id, publishes, now)
+                inserted = set(report.inserted)
+                charge += sum(d.size for d in publishes if f"{d.topic}/{d.message_id}" in inserted)
+            if charge:
+                # docs/security.md#limits: refused past the quota, the whole commit rolls back.
+                wf.charge_storage_txn(conn, run.workflow_id, charge, quota)
             if finish_events is not None:
                 ev.finish_reservations_txn(conn, run.id, finish_events, now)
             # The handler's state and its sleep (SPEC §7.3) in one statement.
@@ -163,10 +169,11 @@ class Store(PeopleOperations, SchedulerBookkeeping, NotificationStore):
         return report, mutation
 
     def commit_producer_run(self, run: RunDraft, fence: Fence | None,
-                            publishes: Sequence[EventDraft], state: StateUpdate | None
-                            ) -> PublishReport:
-        """SPEC §4: publishes, new state and the run record in one transaction."""
-        return self._commit(run, fence, publishes=publishes, state=state,
+                            publishes: Sequence[EventDraft], state: StateUpdate | None, *,
+                            quota: int | None = None) -> PublishReport:
+        """SPEC §4: publishes, new state and the run record in one transaction (refused with
+        :class:`QuotaExceeded` when it would pass the workflow's storage ``quota``)."""
+        return self._commit(run, fence, publishes=publishes, state=state, quota=quota,
                             point="producer_commit")[0]
 
     def record_in_flight(self, run: RunDraft, fence: Fence | None, draft: MutationDraft, *,
@@ -192,12 +199,12 @@ class Store(PeopleOperations, SchedulerBookkeeping, NotificationStore):
         self, run: RunDraft, fence: Fence | None, *, publishes: Sequence[EventDraft],
         state: StateUpdate | None, outcome: EventStatus,
         reserve: Sequence[Reservation] | None = None, subscribed: Sequence[str] = (),
-        sleep: Sleep | None = None,
+        sleep: Sleep | None = None, quota: int | None = None,
     ) -> PublishReport:
         """SPEC §5.3: publishes, state, reserved events → consumed/skipped, run → committed."""
         return self._commit(
             run, fence, reserve=reserve, subscribed=subscribed, publishes=publishes,
-            state=state, finish_events=outcome, sleep=sleep, wake=sleep is None,
+            state=state, finish_events=outcome, sleep=sleep, wake=sleep is None, quota=quota,
             point="consumer_commit")[0]
 
     def record_user_action(

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
-from keepflow.errors import LeaseLost, NotFound
+from keepflow.errors import LeaseLost, NotFound, QuotaExceeded
 from keepflow.ids import new_id
 from keepflow.model import Fence, VersionRecord, WorkflowRecord, WorkflowStatus
 from keepflow.store import rows
@@ -173,6 +173,32 @@ def check_fence_txn(conn: Connection, fence: Fence, ttl: timedelta, now: datetim
         raise LeaseLost(
             f"this host lost the lease of workflow {fence.workflow_id}; its commit was refused"
         )
+
+
+_CHARGE = (
+    update(workflows).where(workflows.c.id == bindparam("b_id"))
+    .values(stored_bytes=workflows.c.stored_bytes + bindparam("b_n"))
+)
+_CHARGE_WITHIN = _CHARGE.where(
+    workflows.c.stored_bytes + bindparam("b_n") <= bindparam("b_quota"))
+
+
+def charge_storage_txn(conn: Connection, workflow_id: str, n: int, quota: int | None) -> None:
+    """Add ``n`` bytes to the workflow's storage; with a ``quota``, refuse (QuotaExceeded, so
+    the transaction rolls back) if the total would pass it."""
+    if quota is None:
+        conn.execute(_CHARGE, {"b_id": workflow_id, "b_n": n})
+        return
+    if conn.execute(_CHARGE_WITHIN, {"b_id": workflow_id, "b_n": n, "b_quota": quota}).rowcount:
+        return
+    used = conn.execute(select(workflows.c.stored_bytes)
+                        .where(workflows.c.id == workflow_id)).scalar_one()
+    raise QuotaExceeded(
+        f"the workflow keeps {used:,} bytes and this run would add {n:,}, more than its "
+        f"storage quota of {quota:,} bytes (policy limits.workflow_storage_bytes); nothing of "
+        "the run was committed. Events are never deleted: raise the quota for this workflow "
+        "in policy.toml, then retry the run (docs/security.md#limits)",
+        used=used, adding=n, quota=quota)
 
 
 def release_lease_txn(conn: Connection, fence: Fence) -> None:

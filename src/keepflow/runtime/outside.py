@@ -1,0 +1,117 @@
+"""The connector boundary: what the outside world hands back, made safe to keep (SPEC §8, §9).
+
+Every connector call and reconcile of the runtime goes through :func:`call` and
+:func:`reconcile`. Whatever a connector returns — a built-in one relaying a server's bytes, or a
+third party's — becomes a JSON value the store can always write and the script can always
+receive: strings are valid Unicode without NUL (docs/security.md#text-the-host-can-store),
+keys are strings, numbers are finite, anything else is written out as text. The same holds for
+the messages and details of the typed errors a connector raises, because they end up in the
+ledger, the failure record and the person's inbox.
+
+Nothing here decides an outcome: a cleaned error keeps its type, so its failure class and
+whether the request was sent are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from keepflow.connectors.base import Connector, ReconcileResult, ToolCall
+from keepflow.errors import ConnectorError
+from keepflow.storable import maybe_unstorable, replace_unstorable
+
+
+@dataclass(frozen=True)
+class Received:
+    """A connector's result as the host keeps it, and what had to change."""
+
+    value: Any
+    #: Bytes of ``value`` as compact JSON (ASCII-escaped).
+    size: int = 0
+    #: Characters replaced by U+FFFD (lone surrogates, NUL) and values written out as text.
+    replaced: int = 0
+    converted: int = 0
+
+    def note(self, display: str) -> str | None:
+        """A run-log line when the result was changed on the way in, else None."""
+        parts = []
+        if self.replaced:
+            parts.append(f"{self.replaced} character(s) that are not valid text (lone "
+                         "surrogates or NUL) were replaced by U+FFFD")
+        if self.converted:
+            parts.append(f"{self.converted} value(s) that are not JSON were written out as text")
+        if not parts:
+            return None
+        return (f"the result of {display}: {'; '.join(parts)} "
+                "(docs/security.md#text-the-host-can-store)")
+
+
+def call(connector: Connector, tool_call: ToolCall) -> Received:
+    """``connector.call`` with its result and its typed errors made storable."""
+    try:
+        result = connector.call(tool_call)
+    except ConnectorError as exc:
+        clean_error(exc)
+        raise
+    return received(result)
+
+
+def reconcile(connector: Connector, tool_call: ToolCall) -> ReconcileResult:
+    """``connector.reconcile`` with its answer made storable."""
+    try:
+        answer = connector.reconcile(tool_call)
+    except ConnectorError as exc:
+        clean_error(exc)
+        raise
+    detail, _ = replace_unstorable(str(answer.detail))
+    return replace(answer, result=received(answer.result).value, detail=detail)
+
+
+def received(value: Any) -> Received:
+    """``value`` as the host keeps it. The common case — already plain, valid JSON — costs
+    one C-level serialisation and is returned as it is."""
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        pass
+    else:
+        if not maybe_unstorable(text.encode()):
+            return Received(value, len(text))
+    converted = 0
+
+    def walk(v: Any) -> Any:
+        nonlocal converted
+        if v is None or isinstance(v, (bool, int, str)):
+            return v
+        if isinstance(v, float):
+            if math.isfinite(v):
+                return v
+            converted += 1
+            return str(v)
+        if isinstance(v, dict):
+            out = {}
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    converted += 1
+                out[str(k)] = walk(item)
+            return out
+        if isinstance(v, (list, tuple)):
+            return [walk(item) for item in v]
+        converted += 1
+        return str(v)
+
+    plain = walk(value)
+    clean, replaced = replace_unstorable(plain)
+    size = len(json.dumps(clean, separators=(",", ":")))
+    return Received(clean, size, replaced, converted)
+
+
+def clean_error(exc: ConnectorError) -> ConnectorError:
+    """The same error object, its message and details made storable (in place)."""
+    exc.message, _ = replace_unstorable(str(exc.message))
+    exc.details = received(exc.details).value
+    exc.args = (exc.message,)
+    return exc

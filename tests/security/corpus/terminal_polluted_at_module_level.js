@@ -1,0 +1,39 @@
+/* keepflow-attack
+{
+  "attack": "Object.prototype.get polluted at the module's top level, before ctx exists",
+  "deploy": "unchecked",
+  "trigger": [
+    "seed"
+  ],
+  "sent": 1,
+  "ledger": [
+    "applied"
+  ],
+  "run": {
+    "handler": "work",
+    "status": "committed"
+  }
+}
+*/
+Object.prototype.get = function () { return 1; };
+export default Keep.workflow({
+  name: "attack",
+  topics: { "items": {} },
+  producers: {
+    seed: async (ctx, state) => {
+      await ctx.publish("items", { messageId: "a", title: "Item a", payload: { id: "a" } });
+      return { ok: 1 };
+    },
+  },
+  consumers: {
+    work: Keep.consumer({
+      subscribe: ["items"],
+      async prepare(ctx, state) { 
+        const [e] = await ctx.peek("items", { limit: 1 });
+        if (!e) return { reservations: [], data: {} };
+        return { reservations: [{ topic: "items", ids: [e.messageId] }], data: { id: e.messageId } }; },
+      async mutate(ctx, prepared) { await ctx.api.post({ url: "/orders", json: { id: prepared.data.id } }); },
+      async next(ctx, prepared, mutation) { return { saw: mutation.status }; },
+    }),
+  },
+});

@@ -1,0 +1,41 @@
+/* keepflow-attack
+{
+  "attack": "a second mutation right after the first (not awaited): nothing is sent",
+  "deploy": "unchecked",
+  "trigger": [
+    "seed"
+  ],
+  "sent": 0,
+  "ledger": [],
+  "run": {
+    "handler": "work",
+    "status": "failed",
+    "class": "logic",
+    "code": "phase_violation",
+    "message": [
+      "a second mutation after the terminal mutation"
+    ]
+  }
+}
+*/
+export default Keep.workflow({
+  name: "attack",
+  topics: { "items": {} },
+  producers: {
+    seed: async (ctx, state) => {
+      await ctx.publish("items", { messageId: "a", title: "Item a", payload: { id: "a" } });
+      return { ok: 1 };
+    },
+  },
+  consumers: {
+    work: Keep.consumer({
+      subscribe: ["items"],
+      async prepare(ctx, state) { 
+        const [e] = await ctx.peek("items", { limit: 1 });
+        if (!e) return { reservations: [], data: {} };
+        return { reservations: [{ topic: "items", ids: [e.messageId] }], data: { id: e.messageId } }; },
+      async mutate(ctx, prepared) { ctx.api.post({ url: "/orders", json: { id: prepared.data.id } }); ctx.api.post({ url: "/orders", json: { id: prepared.data.id } }); },
+      async next(ctx, prepared, mutation) { return { saw: mutation.status }; },
+    }),
+  },
+});
