@@ -33,6 +33,15 @@ PHASE_CALLS = {
     "mutation in next": {"next_": 'await ctx.email.send({ to: "a@b.c" });  // HERE'},
     "peek in next": {"next_": 'await ctx.peek("in");  // HERE'},
     "getByIds in next": {"next_": 'await ctx.getByIds("in", ["x"]);  // HERE'},
+    "through arguments[0] in prepare": {
+        "prepare": 'await arguments[0].http.post({ url: "https://x.org/" });  // HERE'
+    },
+    "through (ctx) in next": {"next_": "await (ctx).sql.get({ id: 1 });  // HERE"},
+    "through ctx?. in a producer": {"producer": 'await ctx?.sql?.insert({ table: "t" });  // HERE'},
+    "in a default parameter of prepare": {
+        "prepare": """const go = async (x = ctx.sql.insert({})) => x;  // HERE
+        await go();"""
+    },
     "in a nested function of prepare": {
         "prepare": """const write = async () => {
           await ctx.sql.insert({ table: "t" });  // HERE
@@ -172,6 +181,10 @@ DYNAMIC = {
     "computed tool": "const r = await ctx.sql[prepared.data.tool]({});  // HERE",
     "connection alias": "const db = ctx.sql;  // HERE",
     "ctx passed to an unknown function": "await someLibrary(ctx);  // HERE",
+    "computed arguments index": "await arguments[prepared.data.i].sql.get({});  // HERE",
+    "arguments copied": "const [c] = Array.from(arguments);  // HERE",
+    "ctx through Function.prototype.call": "await someLibrary.call(null, ctx);  // HERE",
+    "ctx in a sequence": "await (0, ctx).sql.get({ id: 1 });  // HERE",
 }
 
 
@@ -326,3 +339,34 @@ def test_never_raises_on_broken_or_partial_scripts() -> None:
     for end in range(0, len(SPEC_EXAMPLE), 5):
         analyze(SPEC_EXAMPLE[:end], TOOL_KINDS)
         analyze(SPEC_EXAMPLE[:end] + SPEC_EXAMPLE[end + 9 :], TOOL_KINDS)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        'eval("ctx.sql.insert({})");',
+        '(0, eval)("1");',
+        'globalThis["eval"]("1");',
+        'new Function("return 1");',
+        '(async () => {}).constructor("return 1");',
+        'setTimeout("ctx.sql.insert({})");',
+        'await import("data:text/javascript,1");',
+    ],
+)
+def test_code_built_from_strings_is_an_error(code: str) -> None:
+    """More spellings: tests/security/test_static_dynamic_code.py."""
+    src = script(prepare=f"{code}  // HERE\n        return {{}};")
+    report = analyze(src, TOOL_KINDS)
+    assert [(f.rule, f.severity, f.line) for f in report.findings] == [
+        ("dynamic-code", "error", marked_line(src))
+    ]
+    assert not report.ok
+
+
+def test_arguments_zero_is_the_ctx_parameter() -> None:
+    src = script(mutate='await arguments[0].sql.insert({ table: "invoices" });')
+    report = analyze(src, TOOL_KINDS)
+    assert report.findings == []
+    assert [(c.phase, c.tool, dict(c.scope)) for c in report.calls] == [
+        ("mutate", "insert", {"table": "invoices"})
+    ]

@@ -95,6 +95,16 @@ BAD = {
           await ctx.sql.insert({ values: r });  // HERE
         });""",
     ),
+    "through arguments[0], then more code": (
+        "code-after-mutation",
+        """await arguments[0].sql.insert({ table: "t" });
+        ctx.log("inserted");  // HERE""",
+    ),
+    "parenthesized ctx, then a second mutation": (
+        "second-mutation",
+        """await (ctx).sql.insert({ table: "a" });
+        await ctx?.sql?.insert({ table: "b" });  // HERE""",
+    ),
     "local helper called twice": (
         "second-mutation",
         """const save = async (v) => { await ctx.sql.insert({ values: v }); };

@@ -2,7 +2,8 @@
 
 ``analyze(source, tool_kinds)`` parses the script with tree-sitter, finds the handlers in
 ``export default Keep.workflow({...})`` and reports :class:`Finding` values (syntax, default
-export, terminal mutation, phase rules, unknown tools, shared globals, dynamic ctx access) plus
+export, terminal mutation, phase rules, unknown tools, shared globals, dynamic ctx access,
+code built from strings) plus
 the statically visible tool calls with their literal scopes, the input of permission
 compilation (SPEC §9).
 """
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 from keepflow.sandbox.findings import Finding, error, has_errors, sort_findings
 from keepflow.sandbox.static.ctxcalls import Collector, CtxCall, ctx_parameter
+from keepflow.sandbox.static.dynamic import check_dynamic_code
 from keepflow.sandbox.static.handlers import HandlerFn, Phase, find_handlers
 from keepflow.sandbox.static.phases import check_phase
 from keepflow.sandbox.static.shared import check_shared_globals
@@ -88,8 +90,7 @@ def analyze(source: str, tool_kinds: Mapping[str, Mapping[str, str]]) -> StaticR
         ctx, problem = ctx_parameter(script, handler.func, handler.label)
         if problem is not None:
             findings.append(problem)
-        if ctx is None:
-            continue
+        # Even without a ctx name, `arguments[0]` reaches the ctx (ctxcalls: arguments).
         facts = collector.analyze(handler.func, ctx)
         findings.extend(facts.findings)
         findings.extend(check_phase(script, handler, facts.calls, definition.topics))
@@ -108,6 +109,7 @@ def analyze(source: str, tool_kinds: Mapping[str, Mapping[str, str]]) -> StaticR
             for helper, helper_facts in facts.helpers:
                 findings.extend(check_mutate(script, helper, helper_facts.mutations, describe))
     findings.extend(check_shared_globals(script))
+    findings.extend(check_dynamic_code(script))  # the whole script: top-level code runs too
     calls.sort(key=lambda c: (c.line, c.column, c.handler, c.phase))
     return StaticReport(calls=calls, findings=sort_findings(findings))
 

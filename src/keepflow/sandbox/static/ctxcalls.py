@@ -4,6 +4,15 @@ Starting from the handler's first parameter (whatever it is called), every use o
 classified: ``ctx.publish/peek/getByIds/log(...)``, ``ctx.<connection>.<tool>(...)``, ``ctx``
 passed to a helper function (followed into local and top-level functions), or something the
 analysis cannot see through (``ctx[name]``, aliases, destructuring) which becomes a warning.
+
+``arguments`` reaches the same value: ``arguments[0]`` of a handler *is* its ctx (the host
+passes ctx first; in a module, strict mode never links ``arguments`` to the parameters). So
+``arguments[i]``, where ``i`` is the literal position of ctx, is analyzed exactly like the ctx
+name (the phase rules, the terminal-mutation rule and permission compilation all apply), and
+``...arguments`` spread into a helper call is followed like passing ctx; every other use that
+can reach ctx (``arguments[k]``, ``Array.from(arguments)``, ``const a = arguments``) warns like
+an alias. ``arguments`` belongs to the nearest non-arrow function, so inside an arrow function
+it is the enclosing function's, and an arrow handler has none.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from keepflow.sandbox.static.tree import (
     FUNCTION_TYPES,
     Node,
     Script,
+    await_operand,
     first_argument,
     parameters,
     unwrap,
@@ -27,6 +37,7 @@ Target = Literal["tool", "publish", "peek", "getByIds"]
 TOPIC_CALLS: tuple[Target, ...] = ("publish", "peek", "getByIds")
 #: ``ctx`` members that are not connections. ``log`` may be called or used as ``ctx.log.info``.
 CTX_BUILTINS = ("publish", "peek", "getByIds", "log")
+HIDDEN_DOCS = "docs/security.md#hidden-ctx-calls"
 
 
 @dataclass(frozen=True)
@@ -82,17 +93,19 @@ class Collector:
     def __init__(self, script: Script, tool_kinds: Mapping[str, Mapping[str, str]]) -> None:
         self.script = script
         self.tool_kinds = tool_kinds
-        self._memo: dict[tuple[int, str], Facts] = {}
+        self._memo: dict[tuple[int, str | None, int], Facts] = {}
 
-    def analyze(self, func: Node, ctx: str) -> Facts:
-        key = (func.id, ctx)
+    def analyze(self, func: Node, ctx: str | None, index: int = 0) -> Facts:
+        """What ``func`` does with the ctx it receives as argument ``index``, named ``ctx``
+        (``None``: no parameter names it, so only ``arguments[index]`` reaches it)."""
+        key = (func.id, ctx, index)
         if key in self._memo:
             return self._memo[key]
         facts = Facts()
         self._memo[key] = facts  # a recursive helper sees the (partial) facts: no loop
-        body = func.child_by_field_name("body")
         seen: set[int] = set()
-        stack = [body] if body is not None else []
+        roots = self._roots(func, ctx)
+        stack = list(reversed(roots)) if ctx is not None else []
         while stack:
             node = stack.pop()
             if node.type in FUNCTION_TYPES and self._rebinds(node, ctx):
@@ -100,26 +113,54 @@ class Collector:
             if node.type in ("identifier", "shorthand_property_identifier") and (
                 self.script.text(node) == ctx
             ):
-                self._use(func, ctx, node, facts, seen)
+                self._use(func, node, facts, seen)
             stack.extend(reversed(node.named_children))
+        if func.type != "arrow_function":  # an arrow function has no `arguments` of its own
+            stack = list(reversed(roots))
+            while stack:
+                node = stack.pop()
+                if node.type in FUNCTION_TYPES and node.type != "arrow_function":
+                    continue  # its own `arguments`
+                if node.type in ("identifier", "shorthand_property_identifier") and (
+                    self.script.text(node) == "arguments"
+                ):
+                    self._arguments(func, index, node, facts, seen)
+                stack.extend(reversed(node.named_children))
         return facts
 
-    def _rebinds(self, func: Node, name: str) -> bool:
+    def _roots(self, func: Node, ctx: str | None) -> list[Node]:
+        """The parameters (default values can call tools too) and the body, without the
+        declaration of the ctx parameter itself."""
+        roots: list[Node] = []
+        for param in parameters(func):
+            defaulted = param.type == "assignment_pattern"
+            declared = param.child_by_field_name("left") if defaulted else param
+            if declared is None or declared.type != "identifier" or (
+                self.script.text(declared) != ctx
+            ):
+                roots.append(param)
+            elif defaulted and (default := param.child_by_field_name("right")) is not None:
+                roots.append(default)
+        body = func.child_by_field_name("body")
+        if body is not None:
+            roots.append(body)
+        return roots
+
+    def _rebinds(self, func: Node, name: str | None) -> bool:
         return any(
-            n.type in ("identifier", "shorthand_property_identifier_pattern")
-            and self.script.text(n) == name
-            for param in parameters(func)
-            for n in walk(param)
+            self.script.text(n) == name for param in parameters(func) for n in _bound(param)
         )
 
     # ---- one use of the ctx name --------------------------------------------------------
 
-    def _use(self, func: Node, ctx: str, ident: Node, facts: Facts, seen: set[int]) -> None:
+    def _use(self, func: Node, ident: Node, facts: Facts, seen: set[int]) -> None:
+        """One expression that is ctx: the ctx name, or ``arguments[<ctx position>]``."""
         s = self.script
-        parent = ident.parent
-        assert parent is not None
         if _is_declaration(ident):
             return
+        ident = _outer(ident)  # `(ctx).api` is `ctx.api`
+        parent = ident.parent
+        assert parent is not None
         if parent.type in ("member_expression", "subscript_expression") and (
             parent.child_by_field_name("object") == ident
         ):
@@ -156,6 +197,7 @@ class Collector:
         return self.script.string_value(member.child_by_field_name("index"))
 
     def _called(self, member: Node) -> Node | None:
+        member = _outer(member)
         call = member.parent
         if (
             call is not None
@@ -183,11 +225,12 @@ class Collector:
 
     def _tool(self, connection: str, member: Node, facts: Facts, seen: set[int]) -> None:
         s = self.script
-        outer = member.parent
+        wrapped = _outer(member)
+        outer = wrapped.parent
         if (
             outer is None
             or outer.type not in ("member_expression", "subscript_expression")
-            or (outer.child_by_field_name("object") != member)
+            or (outer.child_by_field_name("object") != wrapped)
         ):
             facts.findings.append(self._dynamic(member, f"ctx.{connection} used as a value"))
             return
@@ -220,14 +263,24 @@ class Collector:
             if kind == "mutate":
                 facts.mutations.append(call)
 
-    def _passed(self, func: Node, ident: Node, args: Node, facts: Facts, seen: set[int]) -> None:
-        """``ctx`` passed as an argument: follow it into the helper function if we can."""
+    def _passed(
+        self,
+        func: Node,
+        ident: Node,
+        args: Node,
+        facts: Facts,
+        seen: set[int],
+        index: int | None = None,
+    ) -> None:
+        """``ctx`` passed as an argument (at ``index``, by default where ``ident`` is): follow
+        it into the helper function if we can."""
         s = self.script
         call = args.parent
         assert call is not None
         callee = unwrap(call.child_by_field_name("function"))
-        items = [c for c in args.named_children if c.type != "comment"]
-        index = next(i for i, c in enumerate(items) if c == ident)
+        if index is None:
+            items = [c for c in args.named_children if c.type != "comment"]
+            index = next(i for i, c in enumerate(items) if c == ident)
         helper = self._local_function(func, callee) if callee is not None else None
         local = helper is not None
         if helper is None and callee is not None:
@@ -240,12 +293,15 @@ class Collector:
         param = params[index] if index < len(params) else None
         if param is not None and param.type == "assignment_pattern":
             param = param.child_by_field_name("left")
-        if param is None or param.type != "identifier":
+        named = param is not None and param.type == "identifier"
+        if any(p.type == "rest_pattern" for p in params[: index + 1]) or (
+            param is not None and not named
+        ):  # `function h(...all)`, `function h({ sql })`
             facts.findings.append(
                 self._dynamic(ident, f"ctx passed to `{s.snippet(call)}`, which does not name it")
             )
-            return
-        sub = self.analyze(helper, s.text(param))
+        # No parameter at all: only `arguments[index]` can reach it (analyzed as ctx).
+        sub = self.analyze(helper, s.text(param) if param is not None and named else None, index)
         name = s.text(callee)
         for c in sub.calls:
             if c.node.id not in seen:
@@ -260,6 +316,49 @@ class Collector:
             if all(h != helper for h, _ in facts.helpers):
                 facts.helpers.append((helper, sub))
         facts.helpers.extend(h for h in sub.helpers if all(h[0] != x for x, _ in facts.helpers))
+
+    def _arguments(self, func: Node, index: int, node: Node, facts: Facts, seen: set[int]) -> None:
+        """One use of ``func``'s own ``arguments``, whose item ``index`` is the ctx."""
+        s = self.script
+        wrapped = _outer(node)
+        parent = wrapped.parent
+        if parent is None:
+            return
+        if parent.type in ("member_expression", "subscript_expression") and (
+            parent.child_by_field_name("object") == wrapped
+        ):
+            position = self._position(parent)
+            if position == index:
+                self._use(func, parent, facts, seen)  # `arguments[0]` is the ctx itself
+            elif position is None and self._member_name(parent) != "length":
+                facts.findings.append(
+                    self._dynamic(parent, f"`{s.snippet(parent)}` (ctx reached through arguments)")
+                )
+            return  # another argument (state, prepared, ...) or `arguments.length`
+        if parent.type == "spread_element" and parent.parent is not None and (
+            parent.parent.type == "arguments"
+        ):
+            items = [c for c in parent.parent.named_children if c.type != "comment"]
+            before = items[: items.index(parent)]
+            if all(c.type != "spread_element" for c in before):
+                self._passed(func, parent, parent.parent, facts, seen, len(before) + index)
+                return
+        what = parent if parent.type != "arguments" else wrapped
+        facts.findings.append(
+            self._dynamic(wrapped, f"`{s.snippet(what)}` (ctx reached through arguments)")
+        )
+
+    def _position(self, member: Node) -> int | None:
+        """The literal index of ``arguments[0]`` / ``arguments["0"]``; ``None`` otherwise."""
+        if member.type != "subscript_expression":
+            return None
+        index = unwrap(member.child_by_field_name("index"))
+        text = self.script.text(index) if index is not None and index.type == "number" else (
+            self.script.string_value(index)
+        )
+        if text is None or not text.isdigit() or (text != "0" and text.startswith("0")):
+            return None
+        return int(text)
 
     def _local_function(self, func: Node, callee: Node) -> Node | None:
         if callee.type != "identifier":
@@ -286,8 +385,8 @@ class Collector:
         return warning(
             "dynamic-ctx-access",
             f"{what}: calls made this way are invisible to validation and to permission "
-            "compilation (SPEC §9). Call ctx.<connection>.<tool>(...) or ctx.publish(...) "
-            "directly with literal names",
+            "compilation. Call ctx.<connection>.<tool>(...) or ctx.publish(...) directly with "
+            f"literal names ({HIDDEN_DOCS})",
             *self.script.position(node),
         )
 
@@ -308,6 +407,41 @@ def _is_declaration(ident: Node) -> bool:
         and parent.type == "variable_declarator"
         and parent.child_by_field_name("name") == ident
     )
+
+
+def _bound(pattern: Node) -> list[Node]:
+    """The names a parameter binds, without its default values (``x = ctx.sql.get()`` binds
+    ``x``; the default is code that runs with the outer ctx)."""
+    kind = pattern.type
+    if kind in ("identifier", "shorthand_property_identifier_pattern"):
+        return [pattern]
+    if kind in ("assignment_pattern", "object_assignment_pattern"):
+        left = pattern.child_by_field_name("left")
+        return _bound(left) if left is not None else []
+    if kind == "pair_pattern":
+        value = pattern.child_by_field_name("value")
+        return _bound(value) if value is not None else []
+    if kind in ("object_pattern", "array_pattern", "rest_pattern"):
+        return [n for child in pattern.named_children for n in _bound(child)]
+    return []
+
+
+def _outer(node: Node) -> Node:
+    """``node`` with the parentheses around it: ``(ctx)``, ``((ctx.sql))``, and the
+    ``await (ctx)`` that tree-sitter reads as a call (see :func:`await_operand`)."""
+    while node.parent is not None:
+        parent = node.parent
+        if parent.type == "parenthesized_expression":
+            node = parent
+        elif (
+            parent.type == "arguments"
+            and parent.parent is not None
+            and await_operand(parent.parent) == node
+        ):
+            node = parent.parent
+        else:
+            break
+    return node
 
 
 def _listing(names: Mapping[str, object]) -> str:

@@ -252,6 +252,22 @@ def unwrap(node: Node | None) -> Node | None:
     return node
 
 
+def await_operand(node: Node) -> Node | None:
+    """The operand of ``await (x)`` when tree-sitter reads it as a call of a function named
+    ``await`` (it does before a member access: ``await (ctx).sql.get()``); in a module,
+    ``await`` is always the operator, never a name."""
+    if node.type != "call_expression":
+        return None
+    callee = node.child_by_field_name("function")
+    args = node.child_by_field_name("arguments")
+    if callee is None or callee.type != "identifier" or callee.text != b"await":
+        return None
+    if args is None or args.type != "arguments":
+        return None
+    items = [c for c in args.named_children if c.type != "comment"]
+    return items[0] if len(items) == 1 else None
+
+
 def first_argument(call: Node | None) -> Node | None:
     if call is None:
         return None
