@@ -115,7 +115,8 @@ class ApprovalPolicy(_Section):
 class NotificationPolicy(_Section):
     """SPEC §12 notifications: in-app always; a webhook when a URL is set."""
 
-    webhook_url: str | None = None
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$",
+                                    description="an http(s) URL")
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     consecutive_failures: int = Field(default=3, ge=1, le=1000)
@@ -213,8 +214,16 @@ class PolicyBook:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        workflows = raw.pop("workflows", {})
-        connectors = raw.pop("connectors", {})
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
+                              ) from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+        workflows = _tables(raw.pop("workflows", {}), f"policy {path}: workflows")
+        connectors = _tables(raw.pop("connectors", {}), f"policy {path}: connectors")
+        for name, layer in workflows.items():
+            if "connectors" in layer:
+                _tables(layer["connectors"], f"policy {path}: workflows.{name}.connectors")
         system = _validate(raw, str(path))
         for name, layer in connectors.items():
             extra = set(layer) - cls.CONNECTOR_SECTIONS
@@ -231,6 +240,17 @@ class PolicyBook:
             for conn in layer.get("connectors", {}):
                 book.effective(name, conn)
         return book
+
+
+def _tables(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    """``value`` must be a table whose entries are tables (``[workflows.<name>]``)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a table of [sections], one per name")
+    for name, layer in value.items():
+        if not isinstance(layer, dict):
+            section = where.rsplit(": ", 1)[-1]
+            raise ConfigError(f"{where}.{name}: must be a table, e.g. [{section}.{name}.limits]")
+    return value
 
 
 def _validate(data: dict[str, Any], where: str) -> Policy:

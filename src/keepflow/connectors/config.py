@@ -35,6 +35,7 @@ from keepflow.connectors.base import ConnectionConfig, Connector, ToolKind, Tool
 from keepflow.connectors.registry import get_connector_class
 from keepflow.connectors.secret import Secret
 from keepflow.errors import ConfigError, UsageError
+from keepflow.storable import first_unstorable
 
 CONNECTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 #: ``ctx`` methods a connection may not shadow (SPEC §4–5).
@@ -61,6 +62,9 @@ def load_connection_configs(
             doc = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}", file=source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}); save it as UTF-8",
+                          file=source) from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot be read: {exc.strerror}", file=source) from None
     return parse_connections(doc, source=source, environ=environ)
@@ -140,6 +144,9 @@ def _resolve_env(
             raise _error(
                 source, name, where, f"environment variable {var} is not set", variable=var
             )
+        if first_unstorable(secret) is not None:  # bytes that are not UTF-8, or a NUL
+            raise _error(source, name, where, f"environment variable {var} is not valid UTF-8 "
+                         "text (or holds a NUL character)", variable=var)
         return Secret(secret, var)
 
     if isinstance(value, Mapping):

@@ -192,7 +192,8 @@ class Bridge:
             if self.declared is not None:  # two mutations in one turn
                 raise PhaseViolation(
                     f"{call.display}: a second mutation in one mutate; a consumer run makes at "
-                    "most one mutation (SPEC §5.2)", phase=self.phase.value, call=call.display)
+                    "most one mutation (docs/execution-model.md#the-terminal-mutation)",
+                    phase=self.phase.value, call=call.display)
             connector.validate(tool_call)  # malformed params fail before anything is recorded
             self.declared = DeclaredMutation(call.connection, call.tool, params)
             return Terminate()

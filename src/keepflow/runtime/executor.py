@@ -107,7 +107,8 @@ class Executor:
                 what = "a second mutation" if call.target == "tool" else "a publish"
                 raise PhaseViolation(
                     f"{call.display}: {what} after the terminal mutation; the mutation must be "
-                    "the last thing mutate does (SPEC §5.2)", phase=phase.value,
+                    "the last thing mutate does "
+                    "(docs/execution-model.md#the-terminal-mutation)", phase=phase.value,
                     call=call.display)
         return result, bridge
 

@@ -16,12 +16,24 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from array import array
 from dataclasses import dataclass, replace
+from itertools import accumulate
 from typing import Any
 
 from keepflow.connectors.base import Connector, ReconcileResult, ToolCall
 from keepflow.errors import ConnectorError
 from keepflow.storable import maybe_unstorable, replace_unstorable
+
+#: Nesting kept from the outside world, as deep as a script may send (prelude.js MAX_DEPTH):
+#: deeper subtrees are written out as a marker instead of exhausting Python's recursion.
+MAX_DEPTH = 64
+TOO_DEEP = f"[nested deeper than {MAX_DEPTH} levels]"
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+#: JSON brackets to +1 / -1 (as signed bytes), every other byte deleted.
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
 
 
 @dataclass(frozen=True)
@@ -75,17 +87,21 @@ def received(value: Any) -> Received:
     one C-level serialisation and is returned as it is."""
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         pass
     else:
-        if not maybe_unstorable(text.encode()):
+        data = text.encode()
+        if not maybe_unstorable(data) and _depth(data) <= MAX_DEPTH:
             return Received(value, len(text))
     converted = 0
 
-    def walk(v: Any) -> Any:
+    def walk(v: Any, depth: int = 0) -> Any:
         nonlocal converted
         if v is None or isinstance(v, (bool, int, str)):
             return v
+        if depth >= MAX_DEPTH and isinstance(v, (dict, list, tuple)):
+            converted += 1
+            return TOO_DEEP
         if isinstance(v, float):
             if math.isfinite(v):
                 return v
@@ -96,10 +112,10 @@ def received(value: Any) -> Received:
             for k, item in v.items():
                 if not isinstance(k, str):
                     converted += 1
-                out[str(k)] = walk(item)
+                out[str(k)] = walk(item, depth + 1)
             return out
         if isinstance(v, (list, tuple)):
-            return [walk(item) for item in v]
+            return [walk(item, depth + 1) for item in v]
         converted += 1
         return str(v)
 
@@ -107,6 +123,15 @@ def received(value: Any) -> Received:
     clean, replaced = replace_unstorable(plain)
     size = len(json.dumps(clean, separators=(",", ":")))
     return Received(clean, size, replaced, converted)
+
+
+def _depth(json_text: bytes) -> int:
+    """How deeply ``json_text`` nests (0 when it has too few brackets to pass
+    :data:`MAX_DEPTH`), counted in C: strings dropped, brackets mapped to ±1 and summed."""
+    if json_text.count(b"[") + json_text.count(b"{") <= MAX_DEPTH:
+        return 0  # cannot nest deeper than it has brackets
+    brackets = _STRING.sub(b"", json_text).translate(_BRACKETS, _NOT_BRACKETS)
+    return max(accumulate(array("b", brackets)), default=0)
 
 
 def clean_error(exc: ConnectorError) -> ConnectorError:

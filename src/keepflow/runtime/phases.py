@@ -49,25 +49,29 @@ RULES: dict[Phase, PhaseRules] = {
         Phase.PRODUCER, frozenset({ToolKind.READ, ToolKind.READ_BY_ID}),
         publish=True, peek=False, get_by_ids=False,
         allowed_text="a producer may only make read-only tool calls, ctx.publish and ctx.log "
-                     "(SPEC §4); mutations belong in a consumer's mutate",
+                     "(docs/execution-model.md#handlers-and-phases); mutations belong in a "
+                     "consumer's mutate",
     ),
     Phase.PREPARE: PhaseRules(
         Phase.PREPARE, frozenset({ToolKind.READ, ToolKind.READ_BY_ID}),
         publish=False, peek=True, get_by_ids=True,
-        allowed_text="prepare may only read: tool reads, ctx.peek, ctx.getByIds (SPEC §5.1); "
+        allowed_text="prepare may only read: tool reads, ctx.peek, ctx.getByIds "
+                     "(docs/execution-model.md#handlers-and-phases); "
                      "mutate in mutate, publish in next",
     ),
     Phase.MUTATE: PhaseRules(
         Phase.MUTATE, frozenset({ToolKind.READ_BY_ID, ToolKind.MUTATE}),
         publish=False, peek=False, get_by_ids=True,
         allowed_text="mutate may only make by-id reads and at most one mutation, as its last "
-                     "statement (SPEC §5.2); list reads and peek belong in prepare, publish in "
+                     "statement (docs/execution-model.md#the-terminal-mutation); list reads and "
+                     "peek belong in prepare, publish in "
                      "next",
     ),
     Phase.NEXT: PhaseRules(
         Phase.NEXT, frozenset(),
         publish=True, peek=False, get_by_ids=False,
-        allowed_text="next may only publish and compute (SPEC §5.3); read in prepare, mutate "
+        allowed_text="next may only publish and compute "
+                     "(docs/execution-model.md#handlers-and-phases); read in prepare, mutate "
                      "in mutate",
     ),
 }

@@ -170,86 +170,110 @@
     return "an object that is not a plain object";
   }
 
+  // The writer keeps the trail of keys from the root to the value being written; a path
+  // such as `$.items[2].when` is built from it only when a value is refused.
   function Writer(limit) {
     const w = objectCreate(null);
     w.out = "";
     w.limit = limit;
+    w.trail = objectCreate(null);
+    w.trail.n = 0;
     return w;
   }
 
-  function put(w, text, path) {
+  function pathOf(w) {
+    let path = "$";
+    const trail = w.trail;
+    for (let i = 0; i < trail.n; i++) {
+      const key = trail[i];
+      path = typeof key === "number" ? path + "[" + key + "]" : keyPath(path, key);
+    }
+    return path;
+  }
+
+  function refuse(w, kind_, what) {
+    return serialError(kind_, pathOf(w), what);
+  }
+
+  function put(w, text) {
     w.out += text;
     if (w.out.length > w.limit) {
-      throw serialError("size", path, "makes the value larger than " + w.limit + " characters");
+      throw refuse(w, "size", "makes the value larger than " + w.limit + " characters");
     }
   }
 
-  function writeValue(w, v, path, depth, ancestors) {
+  function writeValue(w, v, depth, ancestors) {
     switch (typeof v) {
-      case "string": put(w, jsonStringify(v), path); return;
-      case "boolean": put(w, v ? "true" : "false", path); return;
+      case "string": put(w, jsonStringify(v)); return;
+      case "boolean": put(w, v ? "true" : "false"); return;
       case "number":
-        if (v !== v) throw serialError("invalid", path, "is NaN");
-        if (v === Infinity || v === -Infinity) throw serialError("invalid", path, "is " + v);
-        put(w, "" + v, path);
+        if (v !== v) throw refuse(w, "invalid", "is NaN");
+        if (v === Infinity || v === -Infinity) throw refuse(w, "invalid", "is " + v);
+        put(w, "" + v);
         return;
-      case "bigint": throw serialError("invalid", path, "is a BigInt");
-      case "symbol": throw serialError("invalid", path, "is a Symbol");
-      case "function": throw serialError("invalid", path, "is a function");
-      case "undefined": throw serialError("invalid", path, "is undefined");
+      case "bigint": throw refuse(w, "invalid", "is a BigInt");
+      case "symbol": throw refuse(w, "invalid", "is a Symbol");
+      case "function": throw refuse(w, "invalid", "is a function");
+      case "undefined": throw refuse(w, "invalid", "is undefined");
       default: break;
     }
-    if (v === null) { put(w, "null", path); return; }
+    if (v === null) { put(w, "null"); return; }
     if (depth > MAX_DEPTH) {
-      throw serialError("invalid", path, "is nested deeper than " + MAX_DEPTH + " levels");
+      throw refuse(w, "invalid", "is nested deeper than " + MAX_DEPTH + " levels");
     }
     for (let i = 0; i < ancestors.n; i++) {
-      if (ancestors[i] === v) throw serialError("invalid", path, "is a circular reference");
+      if (ancestors[i] === v) throw refuse(w, "invalid", "is a circular reference");
     }
-    let isDate = false;
-    try { apply(dateGetTime, v, []); isDate = true; } catch (e) { /* not a Date */ }
-    if (isDate) {
+    const array = isArray(v);
+    const proto = array ? null : getPrototypeOf(v);
+    if (!array && proto !== ObjectProto && proto !== null) {
+      // Only a Date may have another prototype (checked by its internal slot, not its looks).
+      let isDate = false;
+      try { apply(dateGetTime, v, []); isDate = true; } catch (e) { /* not a Date */ }
+      if (!isDate) throw refuse(w, "invalid", "is " + instanceKind(v, proto));
       let iso;
       try { iso = apply(dateToISOString, v, []); } catch (e) {
-        throw serialError("invalid", path, "is an invalid Date");
+        throw refuse(w, "invalid", "is an invalid Date");
       }
-      put(w, jsonStringify(iso), path);
+      put(w, jsonStringify(iso));
       return;
     }
     ancestors[ancestors.n] = v;
     ancestors.n++;
-    if (isArray(v)) {
+    const trail = w.trail;
+    const at = trail.n;
+    if (array) {
       const n = v.length;
-      put(w, "[", path);
+      put(w, "[");
+      trail.n = at + 1;
       for (let i = 0; i < n; i++) {
-        const p = path + "[" + i + "]";
+        trail[at] = i;
         const item = v[i];
         if (item === undefined) {
-          throw serialError("invalid", p, "is undefined (not allowed inside an array)");
+          throw refuse(w, "invalid", "is undefined (not allowed inside an array)");
         }
-        if (i > 0) put(w, ",", p);
-        writeValue(w, item, p, depth + 1, ancestors);
+        if (i > 0) put(w, ",");
+        writeValue(w, item, depth + 1, ancestors);
       }
-      put(w, "]", path);
+      trail.n = at;
+      put(w, "]");
     } else {
-      const proto = getPrototypeOf(v);
-      if (proto !== ObjectProto && proto !== null) {
-        throw serialError("invalid", path, "is " + instanceKind(v, proto));
-      }
       const keys = objectKeys(v);
       const n = keys.length;
       let first = true;
-      put(w, "{", path);
+      put(w, "{");
+      trail.n = at + 1;
       for (let i = 0; i < n; i++) {
         const k = keys[i];
-        const p = keyPath(path, k);
+        trail[at] = k;
         const item = v[k];
         if (item === undefined) continue; // omitted, as JSON does
-        put(w, (first ? "" : ",") + jsonStringify(k) + ":", p);
+        put(w, (first ? "" : ",") + jsonStringify(k) + ":");
         first = false;
-        writeValue(w, item, p, depth + 1, ancestors);
+        writeValue(w, item, depth + 1, ancestors);
       }
-      put(w, "}", path);
+      trail.n = at;
+      put(w, "}");
     }
     ancestors.n--;
   }
@@ -259,7 +283,7 @@
     const w = Writer(limit);
     const ancestors = objectCreate(null);
     ancestors.n = 0;
-    writeValue(w, v, "$", 0, ancestors);
+    writeValue(w, v, 0, ancestors);
     return w.out;
   }
 

@@ -37,7 +37,7 @@ UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 SCHEDULE_HELP = (
     'a schedule is { interval: "30s" | "5m" | "2h" | "1d" } (a positive integer and a unit '
     's/m/h/d) or { cron: "<minute hour day month weekday>", tz: "<IANA zone, optional>" } '
-    "(SPEC §7.2)"
+    ""
 )
 PHASE_SIGNATURES = {
     "prepare": "async prepare(ctx, state)",
@@ -227,15 +227,18 @@ class _Checker:
             pos = self.script.position(calls[1]) if len(calls) > 1 else (None, None)
             msg = (
                 f"Keep.workflow(...) is called {registered} times; a script defines exactly one "
-                "workflow (SPEC §2): keep one `export default Keep.workflow({...})`"
+                "workflow (docs/execution-model.md#handlers-and-phases): keep one `export default "
+                "Keep.workflow({...})`"
                 if isinstance(registered, int) and registered > 1
                 else "the script never calls Keep.workflow(...); it must end with `export "
-                "default Keep.workflow({ name, topics, producers, consumers })` (SPEC §2)"
+                "default Keep.workflow({ name, topics, producers, consumers })` "
+                "(docs/execution-model.md#handlers-and-phases)"
             )
             return [error("registration", msg, *pos)]
         for problem in self.m.get("problems") or []:
             first = str(problem).split(" ", 1)[0]
-            self.error("definition", f"workflow definition: {problem} (SPEC §2)", [first])
+            self.error("definition", f"workflow definition: {problem} "
+                                     f"(docs/execution-model.md#handlers-and-phases)", [first])
         self.check_name()
         topics = self.check_topics()
         self.check_producers()
@@ -273,7 +276,7 @@ class _Checker:
                 "topics",
                 f"topics must be an object of topic names, not "
                 f"{self.m.get('topicsType', 'undefined')}; declare every topic like "
-                '`topics: { "email.received": {} }` (SPEC §2)',
+                '`topics: { "email.received": {} }` (docs/execution-model.md#handlers-and-phases)',
                 ["topics"],
             )
             return None
@@ -282,7 +285,7 @@ class _Checker:
                 self.error(
                     "topic-name",
                     f'topic name "{topic}" is invalid: use {NAME_RULE} '
-                    '(SPEC §2), e.g. "email.received"',
+                    '(docs/execution-model.md#handlers-and-phases), e.g. "email.received"',
                     ["topics", topic],
                 )
         return set(topics)
@@ -313,7 +316,8 @@ class _Checker:
                     f"producer {name}: "
                     f"{problem or 'not a function or {schedule, handler}'}; a producer "
                     "is either a function (manual trigger only) or { schedule: { "
-                    'interval: "5m" }, async handler(ctx, state) {...} } (SPEC §2, §4)',
+                    'interval: "5m" }, async handler(ctx, state) {...} } '
+                    "(docs/execution-model.md#handlers-and-phases)",
                     ["producers", name],
                 )
 
@@ -327,7 +331,8 @@ class _Checker:
                     warning(
                         "consumer-wrapper",
                         f"consumer {name} is a plain object; wrap it in "
-                        "Keep.consumer({...}) so the host recognises it (SPEC §2)",
+                        "Keep.consumer({...}) so the host recognises it "
+                        "(docs/execution-model.md#handlers-and-phases)",
                         *self.at(where),
                     )
                 )
@@ -344,7 +349,7 @@ class _Checker:
                             else f"consumer {name} has no {phase} function"
                         )
                         + f"; define {signature} — every consumer has prepare, mutate and next "
-                        "(SPEC §5)",
+                        "(docs/execution-model.md#handlers-and-phases)",
                         [*where, phase] if present else where,
                     )
             subscribe = spec.get("subscribe")
@@ -353,7 +358,8 @@ class _Checker:
                     "consumer-subscribe",
                     f"consumer {name} must declare `subscribe: "
                     '["topic", ...]`, a non-empty array of declared topic names, not '
-                    f"{spec.get('subscribeType', 'undefined')} (SPEC §2)",
+                    f"{spec.get('subscribeType', 'undefined')} "
+                    f"(docs/execution-model.md#handlers-and-phases)",
                     where,
                 )
                 continue
@@ -361,7 +367,8 @@ class _Checker:
                 self.error(
                     "consumer-subscribe",
                     f"consumer {name} subscribes to no topic; "
-                    "list the topics it consumes in subscribe (SPEC §2)",
+                    "list the topics it consumes in subscribe "
+                    "(docs/execution-model.md#handlers-and-phases)",
                     [*where, "subscribe"],
                 )
             for i, topic in enumerate(subscribe):
@@ -378,7 +385,7 @@ class _Checker:
                         f'consumer {name} subscribes to "{topic}", '
                         "which is not declared in topics (declared: "
                         f"{', '.join(sorted(topics)) or 'none'}); declare it in topics or "
-                        "fix the name (SPEC §2)",
+                        "fix the name (docs/execution-model.md#handlers-and-phases)",
                         [*where, "subscribe", i],
                     )
                 elif all(c != name for c, _ in consumers_of.get(topic, [])):
@@ -390,7 +397,7 @@ class _Checker:
                     "topic-consumers",
                     f'topic "{topic}" has no consumer; events '
                     "published to it would never be processed — add a consumer or "
-                    "remove the topic (SPEC §2)",
+                    "remove the topic (docs/execution-model.md#handlers-and-phases)",
                     ["topics", topic],
                 )
             for other, index in found[1:]:
@@ -398,7 +405,8 @@ class _Checker:
                     "topic-consumers",
                     f'topic "{topic}" is consumed by both '
                     f"{found[0][0]} and {other}; each topic must have exactly one "
-                    "consumer (SPEC §2) — merge them, or publish to a separate topic for "
+                    "consumer (docs/execution-model.md#handlers-and-phases) — merge them, or "
+                    "publish to a separate topic for "
                     "each",
                     ["consumers", other, "subscribe", index],
                 )
@@ -442,7 +450,8 @@ class _Checker:
             self.findings.append(
                 error(
                     "handler-name-clash",
-                    f"{clash}; handler names must be unique in a workflow (SPEC §2) — rename one",
+                    f"{clash}; handler names must be unique in a workflow "
+                    f"(docs/execution-model.md#handlers-and-phases) — rename one",
                     *pos,
                 )
             )

@@ -56,7 +56,8 @@ def find_handlers(script: Script) -> Definition:
             error(
                 "default-export",
                 "the script must define its workflow as `export default Keep.workflow({...})` "
-                f"(SPEC §2){where}. Put the whole definition in that one statement.",
+                f"(docs/execution-model.md#handlers-and-phases){where}. Put the whole definition "
+                f"in that one statement.",
                 *(script.position(calls[0]) if calls else (1, 1)),
             )
         )

@@ -26,24 +26,35 @@ _TOPICS_BY_STATE = (
 #: (phase, what) -> why it is forbidden and what to do instead. ``what`` is a tool kind,
 #: "tool" (any tool) or a ctx builtin.
 FORBIDDEN: dict[tuple[Phase, str], str] = {
-    ("producer", "mutate"): "producers may only read and publish (SPEC §4); publish an event "
+    ("producer", "mutate"): "producers may only read and publish "
+                            "(docs/execution-model.md#handlers-and-phases); publish an event "
     "and make the change in a consumer's mutate",
-    ("producer", "peek"): f"producers cannot read topics (SPEC §4); {_TOPICS_BY_STATE}",
-    ("producer", "getByIds"): f"producers cannot read topics (SPEC §4); {_TOPICS_BY_STATE}",
-    ("prepare", "mutate"): "prepare may only read and reserve events (SPEC §5.1); make the "
+    ("producer", "peek"): f"producers cannot read topics "
+                          f"(docs/execution-model.md#handlers-and-phases); {_TOPICS_BY_STATE}",
+    ("producer", "getByIds"): f"producers cannot read topics "
+                              f"(docs/execution-model.md#handlers-and-phases); {_TOPICS_BY_STATE}",
+    ("prepare", "mutate"): "prepare may only read and reserve events "
+                           "(docs/execution-model.md#handlers-and-phases); make the "
     "change in mutate, passing what it needs through PrepareResult.data",
-    ("prepare", "publish"): "prepare may not publish (SPEC §5.1); publish from next, which "
-    "runs after the mutation",
-    ("mutate", "read"): "mutate may only make by-id reads and one mutation (SPEC §5.2); do "
+    ("prepare", "publish"): "prepare may not publish "
+                            "(docs/execution-model.md#handlers-and-phases); publish from next, "
+    "which runs after the mutation",
+    ("mutate", "read"): "mutate may only make by-id reads and one mutation "
+                        "(docs/execution-model.md#the-terminal-mutation); do "
     "list/search reads in prepare and pass the results through PrepareResult.data",
-    ("mutate", "publish"): "mutate may not publish (SPEC §5.2); publish from next, which runs "
-    "after the mutation",
-    ("mutate", "peek"): "mutate may not peek (SPEC §5.2); peek and reserve events in prepare "
+    ("mutate", "publish"): "mutate may not publish "
+                           "(docs/execution-model.md#the-terminal-mutation); publish from next, "
+    "which runs after the mutation",
+    ("mutate", "peek"): "mutate may not peek (docs/execution-model.md#the-terminal-mutation); peek "
+                        "and reserve events in prepare "
     "and pass what mutate needs through PrepareResult.data",
-    ("next", "tool"): "next may not call tools (SPEC §5.3); read in prepare and make the change "
+    ("next", "tool"): "next may not call tools (docs/execution-model.md#handlers-and-phases); read "
+                      "in prepare and make the change "
     "in mutate — next receives the mutation result as its third argument",
-    ("next", "peek"): "next may not read topics (SPEC §5.3); use prepared.data from prepare",
-    ("next", "getByIds"): "next may not read topics (SPEC §5.3); use prepared.data from prepare",
+    ("next", "peek"): "next may not read topics (docs/execution-model.md#handlers-and-phases); use "
+                      "prepared.data from prepare",
+    ("next", "getByIds"): "next may not read topics (docs/execution-model.md#handlers-and-phases); "
+                          "use prepared.data from prepare",
 }
 
 
@@ -73,7 +84,8 @@ def check_phase(
                     "undeclared-topic",
                     f'{where}: {call.display}("{call.topic}", ...) names a topic that is not '
                     f"declared in `topics` (declared: {', '.join(sorted(topics)) or 'none'}). "
-                    "Declare it in topics (with exactly one consumer) or fix the name (SPEC §2)",
+                    "Declare it in topics (with exactly one consumer) or fix the name "
+                    "(docs/execution-model.md#handlers-and-phases)",
                     *pos,
                 )
             )
@@ -88,7 +100,8 @@ def check_phase(
                     f'{where}: {call.display}("{call.topic}", ...) reads a topic consumer '
                     f"{handler.handler} does not subscribe to (subscribe: "
                     f"{', '.join(sorted(handler.subscribe)) or 'none'}); a consumer may only "
-                    "reserve events of its subscribed topics (SPEC §5.1). Add the topic to "
+                    "reserve events of its subscribed topics "
+                    "(docs/execution-model.md#handlers-and-phases). Add the topic to "
                     "subscribe or read the right topic",
                     *pos,
                 )

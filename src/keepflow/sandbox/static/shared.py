@@ -75,7 +75,7 @@ def check_shared_globals(script: Script) -> list[Finding]:
                 f"{binding.name}` (line {binding.line}) inside a function: handlers run in "
                 f"fresh contexts; {binding.name} is reset every run, so this change is lost — "
                 "keep data in state (returned by a producer or next) or PrepareResult.data "
-                "(SPEC §2)",
+                "(docs/execution-model.md#handlers-and-phases)",
                 *script.position(node),
             )
         )

@@ -55,7 +55,7 @@ TAIL_WRAPPERS = frozenset({"parenthesized_expression", "await_expression"})
 SHORT_CIRCUIT = frozenset({"&&", "||", "??"})
 HINT = (
     "A mutation is terminal: the script stops at the mutation call and never gets its result "
-    "(SPEC §5.2)."
+    "(docs/execution-model.md#the-terminal-mutation)."
 )
 
 
@@ -93,7 +93,8 @@ def check_mutate(
                     "second-mutation",
                     f"{describe(pending[nested][0])} is inside a callback of "
                     f"`{iteration}` (line {script.line(nested)}), which can run it more than "
-                    "once; mutate may make at most one mutation call (SPEC §5.2). Reserve one "
+                    "once; mutate may make at most one mutation call "
+                    "(docs/execution-model.md#the-terminal-mutation). Reserve one "
                     "event per run in prepare, or publish one event per item from next and "
                     "let a consumer mutate each",
                     *script.position(pending[nested][0]),
@@ -193,7 +194,8 @@ def _check_sites(
                 "second-mutation",
                 f"a second mutation {describe(other)} can run after {describe(site)} (line "
                 f"{script.line(site)}); mutate may make at most one mutation call, and it is "
-                "terminal (SPEC §5.2). Make one mutation here and publish an event from next "
+                "terminal (docs/execution-model.md#the-terminal-mutation). Make one mutation here "
+                "and publish an event from next "
                 "for another consumer to make the other",
                 *script.position(other),
             )
@@ -313,8 +315,9 @@ def _tail(
                         "code-after-mutation",
                         f"the `{word}` block (line {script.line(region)}) around {what} never "
                         f"runs for it. {HINT} Failures of a mutation are handled by the host "
-                        "(retry, reconcile, escalate — SPEC §6, §8), never by the script: remove "
-                        "the try/catch around the mutation",
+                        "(retry, reconcile, escalate — "
+                        "docs/execution-model.md#failures-and-the-workflow), never by the script: "
+                        "remove the try/catch around the mutation",
                         *script.position(region),
                     )
                 )
@@ -327,7 +330,8 @@ def _tail(
                     error(
                         "second-mutation",
                         f"{what} is inside a loop (line {script.line(parent)}), so it can run "
-                        "more than once; mutate may make at most one mutation call (SPEC §5.2). "
+                        "more than once; mutate may make at most one mutation call "
+                        "(docs/execution-model.md#the-terminal-mutation). "
                         "Reserve one event per run in prepare, or publish one event per item "
                         "from next and let a consumer mutate each",
                         *script.position(site),
