@@ -12,7 +12,13 @@ false) and the host escalates it (SPEC §6 step 4).
 Settings: ``base_url`` (relative ``url``s are appended to it; absolute ones must stay on its
 origin so configured credentials never reach another host), ``headers`` (sent on every
 request; put credentials in ``headers_env``), ``verify`` (TLS: bool or CA bundle path),
-``proxy``. Environment proxies and ``.netrc`` are ignored on purpose (``trust_env=False``).
+``proxy``, ``allow`` (the exact origins this connection may reach besides its ``base_url``).
+Environment proxies and ``.netrc`` are ignored on purpose (``trust_env=False``).
+
+Scripts are untrusted and so is every server: without ``allow`` a connection reaches only
+public addresses, checked on the address actually connected to, for every request and every
+redirect hop (:mod:`keepflow.connectors.http_egress`); every byte that comes back is redacted
+before it is cut to a size limit (:class:`~keepflow.connectors.secret.Redactor`).
 """
 
 from __future__ import annotations
@@ -42,15 +48,19 @@ from keepflow.connectors.http_classify import (
     status_error,
     transport_error,
 )
+from keepflow.connectors.http_egress import EgressPolicy, EgressRefused, Origin, Resolver
 from keepflow.connectors.http_settings import (
+    HTTP_LOGGERS,
     RESERVED_HEADERS,
     TOKEN,
     RedactingLogFilter,
+    allowed_origins,
     check_settings,
 )
+from keepflow.connectors.http_transport import GuardedTransport
 from keepflow.connectors.registry import register_connector
 from keepflow.connectors.secret import Redactor, Secret, reveal, secret_values
-from keepflow.errors import ConnectorError, PermanentError
+from keepflow.errors import ConnectorError, PermanentError, PermissionDenied
 
 _METHODS = {"get": "GET", "head": "HEAD", "post": "POST", "put": "PUT", "patch": "PATCH",
             "delete": "DELETE"}
@@ -95,7 +105,8 @@ class HttpConnector(Connector):
         "delete": _write("delete", "DELETE a URL with an Idempotency-Key"),
     }
 
-    def __init__(self, config: ConnectionConfig) -> None:
+    def __init__(self, config: ConnectionConfig, *, resolver: Resolver | None = None) -> None:
+        """``resolver`` replaces the system's DNS lookup (tests of the egress policy)."""
         super().__init__(config)
         self.validate_settings(config.settings)
         settings = config.settings
@@ -108,19 +119,30 @@ class HttpConnector(Connector):
         if self._base is not None and self._base_is_secret:
             secrets.append(self._base.path)
         self._redact = Redactor(secrets)
-        proxy = settings.get("proxy")
+        proxy = reveal(settings.get("proxy"))
+        # docs/security.md#network-egress: configured origins are reachable, others only if
+        # public; with `allow`, only the configured ones.
+        explicit = allowed_origins(settings)
+        if self._base is not None:
+            explicit.append(Origin.of(self._base))
+        kwargs = {"resolver": resolver} if resolver is not None else {}
+        self._egress = EgressPolicy(
+            explicit=explicit, restricted="allow" in settings,
+            proxy=Origin.of(httpx.URL(proxy)) if proxy is not None else None, **kwargs)
         self._client = httpx.Client(
-            verify=settings.get("verify", True),
-            proxy=reveal(proxy) if proxy is not None else None,
+            transport=GuardedTransport(self._egress, verify=settings.get("verify", True),
+                                       proxy=proxy),
             trust_env=False,
             follow_redirects=False,
             max_redirects=MAX_REDIRECTS,
             event_hooks={"request": [self._strip_credentials_off_origin]},
         )
-        # httpx logs every request URL at INFO; a secret base_url (a webhook) must not leak.
+        # httpx logs every request URL at INFO, httpcore response headers at DEBUG: a secret
+        # base_url (a webhook) or an echoed token must not leak there.
         self._log_filter = RedactingLogFilter(self._redact) if self._redact else None
         if self._log_filter is not None:
-            logging.getLogger("httpx").addFilter(self._log_filter)
+            for logger in HTTP_LOGGERS:
+                logging.getLogger(logger).addFilter(self._log_filter)
 
     def __repr__(self) -> str:
         return f"HttpConnector(name={self.name!r})"
@@ -190,7 +212,8 @@ class HttpConnector(Connector):
     def close(self) -> None:
         self._client.close()
         if self._log_filter is not None:
-            logging.getLogger("httpx").removeFilter(self._log_filter)
+            for logger in HTTP_LOGGERS:
+                logging.getLogger(logger).removeFilter(self._log_filter)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -198,17 +221,25 @@ class HttpConnector(Connector):
                   raw: bool = False) -> dict[str, Any]:
         what = f"{req.method} {self._display(req.url)}"
         kwargs: dict[str, Any] = {}
-        if req.has_json:
-            kwargs["json"] = req.json
-        elif req.body is not None:
-            kwargs["content"] = req.body.encode()
-        request = self._client.build_request(
-            req.method, req.url, headers=headers, params=req.query,
-            timeout=httpx.Timeout(req.timeout, connect=min(req.timeout, CONNECT_TIMEOUT)),
-            **kwargs,
-        )
+        try:
+            if req.has_json:
+                kwargs["json"] = req.json
+            elif req.body is not None:
+                kwargs["content"] = req.body.encode()
+            request = self._client.build_request(
+                req.method, req.url, headers=headers, params=req.query,
+                timeout=httpx.Timeout(req.timeout, connect=min(req.timeout, CONNECT_TIMEOUT)),
+                **kwargs,
+            )
+        except (ValueError, TypeError, UnicodeError, httpx.InvalidURL) as exc:
+            # Nothing has left this process: a definite failure, never "did it happen?".
+            raise PermanentError(
+                f"{what}: the request could not be built ({type(exc).__name__}: "
+                f"{self._redact.text(str(exc))}); nothing was sent", sent=False) from None
         try:
             response = self._client.send(request, stream=True, follow_redirects=not mutate)
+        except EgressRefused as exc:
+            raise self._refused(what, exc) from None
         except httpx.HTTPError as exc:
             raise transport_error(exc, mutate=mutate, what=what,
                                   redact=self._redact.text) from None
@@ -216,16 +247,22 @@ class HttpConnector(Connector):
             body, truncated = read_body(response)
         finally:
             response.close()
-        result: dict[str, Any] = self._redact.deep(build_result(response, body, truncated))
+        # Redacted before anything is cut to a limit (the result, the error snippet).
+        result = build_result(response, body, truncated, self._redact)
         if raw:
             return result
-        text = result.get("text")
-        if text is None:
-            text = body[:2000].decode(errors="replace")
-        error = status_error(response, mutate=mutate, what=what, body=self._redact.text(text))
+        error = status_error(response, mutate=mutate, what=what, body=body,
+                             redact=self._redact)
         if error is not None:
             raise error
         return result
+
+    def _refused(self, what: str, exc: EgressRefused) -> PermissionDenied:
+        """SPEC §8 ``permission``: definite, nothing was sent (the ledger records ``failed``)."""
+        origin = self._redact.text(exc.origin)
+        message = self._redact.text(f"{what}: refused {exc.origin} before sending anything: "
+                                    f"{exc.detail}; {self._egress.advice(self.name, exc)}")
+        return PermissionDenied(message, sent=False, refused=exc.refused, destination=origin)
 
     def _parse(self, call: ToolCall) -> _Request:
         """Check the params (SPEC §6: malformed calls are rejected before ``in_flight``)."""

@@ -7,6 +7,10 @@ timeout, reset, the server hanging up, an ambiguous 5xx) is uncertain and goes t
 Reads have no side effects, so every transport failure of a read is simply transient.
 
 The full table is in ``docs/connectors.md``; keep the two in sync.
+
+Everything a server sends back — body, headers, reason phrase, ``Location`` — is redacted
+*before* it is cut to a limit (:class:`~keepflow.connectors.secret.Redactor`): a cut must
+not turn an echoed token into one that no longer matches and so leaks all but its end.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from keepflow.connectors.secret import Redactor
 from keepflow.errors import (
     AuthError,
     ConnectorError,
@@ -66,17 +71,21 @@ def transport_error(exc: httpx.HTTPError, *, mutate: bool, what: str,
 
 
 def status_error(
-    response: httpx.Response, *, mutate: bool, what: str, body: str
+    response: httpx.Response, *, mutate: bool, what: str, body: bytes,
+    redact: Redactor | None = None,
 ) -> ConnectorError | None:
     """The error a final status means, or ``None`` if the result is handed to the script.
 
-    ``body`` is the (redacted) response text quoted in the message.
+    ``body`` is the response body as read; what is quoted of it (at most
+    :data:`ERROR_BODY_CHARS`), the reason phrase and ``Location`` are redacted first.
     """
     status = response.status_code
     if 200 <= status < 300:
         return None
-    snippet = body[:ERROR_BODY_CHARS]
-    said = f"{what} -> {status} {response.reason_phrase}"
+    redact = redact or Redactor(())
+    text = body.decode(response.encoding or "utf-8", errors="replace")
+    snippet, _ = redact.cut(text, ERROR_BODY_CHARS)
+    said = f"{what} -> {status} {redact.text(response.reason_phrase)}".rstrip()
     details: dict[str, Any] = {"status": status, "body": snippet}
     if status == 401:
         return AuthError(f"{said}: the credentials were refused; reconnect the connection",
@@ -101,9 +110,10 @@ def status_error(
     if status in (302, 303):
         return None  # post/redirect/get: the request was processed
     if 300 <= status < 400:
+        location, _ = redact.cut(response.headers.get("location", "?"), ERROR_BODY_CHARS)
         return PermanentError(
-            f"{said}: redirected to {response.headers.get('location', '?')}; "
-            "the request was not applied there, use the new URL",
+            f"{said}: redirected to {location}; the request was not applied there, use the "
+            "new URL",
             **details,
         )
     if status in (404, 410):
@@ -147,27 +157,30 @@ def read_body(response: httpx.Response) -> tuple[bytes, bool]:
     return b"".join(chunks), False
 
 
-def build_result(response: httpx.Response, body: bytes, truncated: bool) -> dict[str, Any]:
-    """``{status, headers, json | text, truncated?}`` — the result scripts see."""
+def build_result(response: httpx.Response, body: bytes, truncated: bool,
+                 redact: Redactor | None = None) -> dict[str, Any]:
+    """``{status, headers, json | text, truncated?}`` — the result scripts see, redacted."""
+    redact = redact or Redactor(())
     headers: dict[str, str] = {}
     for name, value in response.headers.multi_items():
         key = name.lower()
         if key in SENSITIVE_RESPONSE_HEADERS:
             continue
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    headers = {redact.text(k): redact.text(v) for k, v in headers.items()}
     result: dict[str, Any] = {"status": response.status_code, "headers": headers}
     if not truncated and body and _is_json(headers.get("content-type", "")):
         try:
-            result["json"] = json.loads(body, parse_constant=_reject_constant)
-        except ValueError:
+            parsed = json.loads(body, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
             pass
         else:
+            result["json"] = redact.deep(parsed)
             return result
     text = body.decode(response.encoding or "utf-8", errors="replace")
-    if len(text) > MAX_TEXT_CHARS:
-        text, truncated = text[:MAX_TEXT_CHARS], True
+    text, cut = redact.cut(text, MAX_TEXT_CHARS)  # redact first: a cut must not hide a secret
     result["text"] = text
-    if truncated:
+    if truncated or cut:
         result["truncated"] = True
     return result
 

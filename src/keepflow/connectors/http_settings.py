@@ -1,7 +1,9 @@
 """Settings of the ``http`` connector and the guards around its credentials (SPEC §9).
 
 Credentials are only ever configured through the environment (``headers_env``), are sent only
-to the ``base_url`` origin, and are masked wherever httpx would log a URL.
+to the ``base_url`` origin, and are masked wherever httpx or httpcore would log them.
+``allow`` lists the exact origins a connection may reach besides public addresses' default
+(docs/security.md#network-egress); it is validated here, strictly, when the file is loaded.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from typing import Any
 
 import httpx
 
+from keepflow.connectors.http_egress import Origin, parse_origin
 from keepflow.connectors.secret import Redactor, Secret, reveal
 from keepflow.errors import ConfigError
 
-SETTINGS = frozenset({"base_url", "headers", "verify", "proxy"})
+SETTINGS = frozenset({"base_url", "headers", "verify", "proxy", "allow"})
+#: Loggers that may print a URL or response headers: httpx at INFO, httpcore at DEBUG.
+HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2",
+                "httpcore.proxy", "httpcore.socks")
 #: Headers a script may not set: transport framing, and the key the host owns.
 RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "idempotency-key"}
@@ -60,15 +66,53 @@ def check_settings(settings: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"'{name}' holds a credential: set it with headers_env = "
                 f"{{ {name} = \"ENV_VAR\" }} instead of a literal", key="headers")
+    secret_headers = [str(n) for n, v in headers.items() if isinstance(v, Secret)]
+    if secret_headers and base is None and settings.get("allow") is None:
+        # Without a destination of their own, credentials would go wherever a script points.
+        raise ConfigError(
+            f"'{secret_headers[0]}' holds a credential, and credentials are sent only to the "
+            "connection's base_url or the origins in its allow list: set base_url (or "
+            "allow = [\"https://…\"]); see docs/security.md#network-egress", key="headers_env")
     verify = settings.get("verify", True)
     if not isinstance(verify, (bool, str)):
         raise ConfigError("must be true, false or a CA bundle path", key="verify")
-    if not isinstance(settings.get("proxy", ""), (str, Secret)):
-        raise ConfigError("must be a URL string", key="proxy")
+    proxy = settings.get("proxy")
+    if proxy is not None:
+        if not isinstance(proxy, (str, Secret)):
+            raise ConfigError("must be a URL string", key="proxy")
+        try:
+            proxy_url = httpx.URL(reveal(proxy))
+        except httpx.InvalidURL:
+            raise ConfigError("is not a valid URL", key="proxy") from None
+        if proxy_url.scheme not in ("http", "https") or not proxy_url.host:
+            raise ConfigError("must be an http:// or https:// proxy URL", key="proxy")
+    allowed_origins(settings)
+
+
+def allowed_origins(settings: Mapping[str, Any]) -> list[Origin]:
+    """The ``allow`` setting as origins (raise ``ConfigError`` naming the entry)."""
+    allow = settings.get("allow")
+    if allow is None:
+        return []
+    if not isinstance(allow, list):
+        raise ConfigError('must be a list of origins such as ["https://api.example.com"]',
+                          key="allow")
+    origins = []
+    for i, entry in enumerate(allow):
+        if not isinstance(entry, str):
+            raise ConfigError(f"entry {i + 1} must be a string like "
+                              '"https://api.example.com" or "http://127.0.0.1:9000"', key="allow")
+        try:
+            origins.append(parse_origin(entry))
+        except ValueError as exc:
+            raise ConfigError(f"entry {i + 1} {exc} (e.g. \"http://127.0.0.1:9000\"; see "
+                              "docs/security.md#network-egress)", key="allow") from None
+    return origins
 
 
 class RedactingLogFilter(logging.Filter):
-    """Masks this connection's secrets in records of the ``httpx`` logger."""
+    """Masks a connection's secrets in log records (httpx logs URLs, httpcore at DEBUG logs
+    response headers, which a server may fill with an echoed token)."""
 
     def __init__(self, redact: Redactor) -> None:
         super().__init__()

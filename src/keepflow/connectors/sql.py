@@ -12,14 +12,15 @@ conflict (``PermanentError``). Reconcile strategies and their limits are in
 ``docs/connectors.md``.
 
 Settings: ``url`` (``sqlite:////abs/path.db`` or ``postgresql+psycopg://…``; a URL with a
-password belongs in ``url_env``), ``tables`` (allow-list), ``schema`` (PostgreSQL), and
-``max_rows`` (row cap of ``query``).
+password belongs in ``url_env``), ``tables`` (allow-list, enforced on what the database will
+touch: :mod:`sql_allow`), ``schema`` (PostgreSQL), and ``max_rows`` (row cap of ``query``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
@@ -40,6 +41,9 @@ from keepflow.connectors.base import (
 )
 from keepflow.connectors.registry import register_connector
 from keepflow.connectors.secret import Redactor, Secret, reveal, secret_values
+from keepflow.connectors.sql_allow import AllowList, shown
+from keepflow.connectors.sql_allow_pg import check_query
+from keepflow.connectors.sql_allow_sqlite import guarded
 from keepflow.connectors.sql_db import CONNECT_TIMEOUT, Database, normalize_url
 from keepflow.connectors.sql_guard import check_select
 from keepflow.connectors.sql_params import QueryParams, RowParams, parse
@@ -88,8 +92,10 @@ class SqlConnector(Connector):
         self._sqlite = self._db.sqlite
         self._max_rows = int(s.get("max_rows", DEFAULT_MAX_ROWS))
         tables = s.get("tables")
-        self._schema = Schema(schema=s.get("schema"), sqlite=self._sqlite, connection=self.name,
-                              allow=frozenset(tables) if tables is not None else None)
+        self._pg_schema: str | None = s.get("schema")
+        self._allow = AllowList(self.name, frozenset(tables)) if tables is not None else None
+        self._schema = Schema(schema=self._pg_schema, sqlite=self._sqlite,
+                              connection=self.name, allow=self._allow)
 
     def __repr__(self) -> str:
         backend = "sqlite" if self._sqlite else "postgresql"
@@ -142,11 +148,13 @@ class SqlConnector(Connector):
         p = call.params
         if call.tool == "query":
             sql = " ".join(str(p.get("sql", "")).split())
-            return self._redact.text(f"query {self.name}: {sql[:120]}")
+            return self._redact.text(f"query {self.name}: {shown(sql, 120)}")
         key = p.get("key")
-        where = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in key.items()) \
+        where = ", ".join(f"{shown(str(k))} = {shown(json.dumps(v, default=str))}"
+                          for k, v in list(key.items())[:10]) \
             if isinstance(key, Mapping) else "?"
-        return self._redact.text(f"{call.tool} {self.name}.{p.get('table', '?')} where {where}")
+        table = shown(str(p.get("table", "?")))
+        return self._redact.text(f"{call.tool} {self.name}.{table} where {where}")
 
     def validate(self, call: ToolCall) -> None:
         self._parse(call)
@@ -166,11 +174,14 @@ class SqlConnector(Connector):
             if call.tool == "get":
                 with self._db.transaction(what, call.timeout, read_only=True) as conn:
                     info = self._table(conn, parsed)
-                    return {"row": row_json(self._select(conn, info, parsed.key))}
+                    with self._guard_rows(conn, info, write=False):
+                        return {"row": row_json(self._select(conn, info, parsed.key))}
             action: Callable[[sa.Connection, TableInfo, RowParams], dict[str, Any]] = getattr(
                 self, f"_{call.tool}")
             with self._db.transaction(what, call.timeout, read_only=False) as conn:
-                return action(conn, self._table(conn, parsed), parsed)
+                info = self._table(conn, parsed)
+                with self._guard_rows(conn, info, write=True):
+                    return action(conn, info, parsed)
         except ConnectorError:
             self._schema.forget(parsed.table)  # the table may have changed: reflect it again
             raise
@@ -183,11 +194,13 @@ class SqlConnector(Connector):
                 raise PermanentError(f"{self.name}.{call.tool} does not mutate")
             with self._db.transaction(self.describe(call), call.timeout, read_only=True) as conn:
                 info = self._table(conn, row)
-                found = self._select(conn, info, row.key)
-                if call.tool == "delete":
-                    differ: list[str] | None = None
-                else:
-                    differ = self._differences(conn, info, row.key, {**row.values, **row.key})
+                with self._guard_rows(conn, info, write=False):
+                    found = self._select(conn, info, row.key)
+                    if call.tool == "delete":
+                        differ: list[str] | None = None
+                    else:
+                        differ = self._differences(conn, info, row.key,
+                                                   {**row.values, **row.key})
         except ConnectorError as exc:
             return ReconcileResult(ReconcileOutcome.RETRY, detail=exc.message)
         if call.tool == "delete":
@@ -229,11 +242,11 @@ class SqlConnector(Connector):
         # One statement with a bound parameter; the server applies the row cap.
         # checked.sql is the script's own statement, validated above; values are bound.
         stmt = sa.text(f"SELECT * FROM ({checked.sql}\n) AS kf_q LIMIT :kf_limit")  # noqa: S608
+        args = {**params, "kf_limit": self._max_rows + 1}
         with self._db.transaction(what, timeout, read_only=True) as conn:
-            self._schema.check_names(conn, checked.names)
-            result = conn.execute(stmt, {**params, "kf_limit": self._max_rows + 1})
-            names = _unique(list(result.keys()))
-            rows = [dict(zip(names, (to_json(v) for v in r), strict=True)) for r in result]
+            keys, raw = self._run_query(conn, stmt, args)
+        names = _unique(keys)
+        rows = [dict(zip(names, (to_json(v) for v in r), strict=True)) for r in raw]
         out: dict[str, Any] = {"rows": rows[: self._max_rows]}
         out["rowCount"] = len(out["rows"])
         if len(rows) > self._max_rows:
@@ -282,6 +295,37 @@ class SqlConnector(Connector):
                                     table=info.table.name)
         conn.execute(sa.delete(info.table).where(*self._key_clause(info, row.key)))
         return {"rowCount": 1, "row": row_json(existing)}
+
+    # -- allow-list (sql_allow) --------------------------------------------------------------
+
+    def _run_query(self, conn: sa.Connection, stmt: sa.TextClause,
+                   args: dict[str, Any]) -> tuple[list[str], Sequence[Sequence[Any]]]:
+        """Run the script's statement; with an allow-list, only after the backend's check
+        says it touches nothing else (SQLite: the authorizer, while SQLite compiles it;
+        PostgreSQL: the parse tree of exactly the text that is then sent)."""
+        if self._allow is None:  # the database user's own privileges are the boundary
+            result = conn.execute(stmt, args)
+            return list(result.keys()), result.all()
+        if self._sqlite:
+            with guarded(conn, self._allow, query=True):
+                result = conn.execute(stmt, args)
+                return list(result.keys()), result.all()
+        sql = stmt.compile(dialect=conn.dialect).string
+        check_query(conn, sql, self._allow, self._pg_schema)
+        result = conn.exec_driver_sql(sql, args)
+        return list(result.keys()), result.all()
+
+    @contextmanager
+    def _guard_rows(self, conn: sa.Connection, info: TableInfo, *,
+                    write: bool) -> Iterator[None]:
+        """Row tools build their statements from the reflected table; on SQLite the
+        authorizer holds them to it as well (reflection has already run)."""
+        if self._allow is None or not self._sqlite:
+            yield
+            return
+        with guarded(conn, self._allow, query=False,
+                     write_table=info.table.name if write else None):
+            yield
 
     # -- helpers -----------------------------------------------------------------------------
 

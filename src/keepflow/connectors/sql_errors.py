@@ -39,6 +39,16 @@ _PG_AUTH = re.compile(
     r"fe_sendauth", re.IGNORECASE)
 _PG_NO_DATABASE = re.compile(r"database \".*\" does not exist", re.IGNORECASE)
 _PG_TRANSIENT_STATES = ("40", "53", "55P03", "57014", "57P", "08", "HV")
+_SQLITE_NO_TABLE = re.compile(r"no such table: (.+)")
+
+
+def sqlite_missing_table(exc: BaseException) -> str | None:
+    """The name in SQLite's "no such table: X" error, if that is what ``exc`` is (SQLite
+    gives no other way to tell; used so a missing table outside the allow-list is refused
+    like an existing one)."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    m = _SQLITE_NO_TABLE.match(str(orig).strip())
+    return m.group(1) if m else None
 
 
 def translate(exc: BaseException, *, what: str, sqlite: bool, committing: bool = False,

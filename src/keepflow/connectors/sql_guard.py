@@ -3,7 +3,8 @@
 A read tool must not be able to write, so ``query`` accepts a single ``SELECT`` or
 ``WITH … SELECT`` statement and rejects everything else with :class:`PermanentError` before
 the database sees it. This lexer is the first of three layers; the others do not depend on
-it being perfect:
+it being perfect (and the ``tables`` allow-list does not depend on it at all: it is enforced
+on what the database will touch, see :mod:`sql_allow`):
 
 1. this check: one statement, starts with SELECT/WITH, no data-changing keyword anywhere
    outside literals, identifiers and comments (catches ``; DROP TABLE``, writable CTEs,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from keepflow.connectors.sql_params import surrogate_problem
 from keepflow.errors import PermanentError
 
 #: Words that change data or schema, or attach other databases. ``REPLACE`` is allowed only
@@ -50,12 +52,14 @@ class CheckedQuery:
     #: literals escaped so they are not taken for parameters, no trailing semicolon).
     sql: str
     binds: frozenset[str]
-    #: Every identifier-like word (lower-cased), for the table allow-list check.
-    names: frozenset[str]
 
 
 def check_select(sql: str, *, sqlite: bool) -> CheckedQuery:
     """Validate ``sql`` as a single read-only statement or raise :class:`PermanentError`."""
+    if "\x00" in sql:  # C parsers stop at a NUL: what follows it would go unchecked
+        raise _reject("contains a NUL character")
+    if surrogate_problem(sql):
+        raise _reject("contains a lone UTF-16 surrogate (text that is not valid Unicode)")
     tokens = tokenize(sql, sqlite=sqlite)
     significant = [t for t in tokens if t.kind not in ("space", "comment")]
     while significant and significant[-1].kind == "semi":
@@ -87,11 +91,7 @@ def check_select(sql: str, *, sqlite: bool) -> CheckedQuery:
         else:
             out.append(tok.text)
     binds = frozenset(t.text[1:] for t in significant if t.kind == "bind")
-    names = frozenset(
-        (t.text if t.kind == "word" else t.text[1:-1]).lower()
-        for t in significant if t.kind in ("word", "ident")
-    )
-    return CheckedQuery("".join(out).strip(), binds, names)
+    return CheckedQuery("".join(out).strip(), binds)
 
 
 def tokenize(sql: str, *, sqlite: bool) -> list[Token]:

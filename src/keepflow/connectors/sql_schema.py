@@ -26,7 +26,8 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from keepflow.errors import PermanentError, PermissionDenied, PreconditionError
+from keepflow.connectors.sql_allow import AllowList, shown
+from keepflow.errors import PermanentError, PreconditionError
 
 JS_MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -41,8 +42,8 @@ class TableInfo:
         if name not in self.table.c:
             known = ", ".join(c.name for c in self.table.c)
             raise PermanentError(
-                f"params.{field}: table '{self.table.name}' has no column '{name}'; "
-                f"its columns are: {known}", field=field)
+                f"params.{shown(field)}: table '{self.table.name}' has no column "
+                f"'{shown(name)}'; its columns are: {known}", field=shown(field))
         col: sa.Column[Any] = self.table.c[name]
         return col
 
@@ -50,17 +51,18 @@ class TableInfo:
         for name in key:
             self.column(name, f"key.{name}")
         if frozenset(key) not in self.unique_keys:
-            shown = "; ".join("(" + ", ".join(sorted(k)) + ")" for k in self.unique_keys)
+            keys = "; ".join("(" + ", ".join(sorted(k)) + ")" for k in self.unique_keys)
+            given = ", ".join(shown(k) for k in sorted(key))
             raise PermanentError(
-                f"params.key: ({', '.join(sorted(key))}) is not a unique key of table "
-                f"'{self.table.name}'; use one of: {shown or 'none (the table has no unique key)'}",
+                f"params.key: ({given}) is not a unique key of table "
+                f"'{self.table.name}'; use one of: {keys or 'none (the table has no unique key)'}",
                 field="key")
 
 
 class Schema:
     """Reflected tables of one connection, cached; a miss re-reflects (tables may be added)."""
 
-    def __init__(self, *, schema: str | None, allow: frozenset[str] | None, sqlite: bool,
+    def __init__(self, *, schema: str | None, allow: AllowList | None, sqlite: bool,
                  connection: str) -> None:
         self._schema = schema
         self._allow = allow
@@ -70,10 +72,11 @@ class Schema:
         self._lock = threading.Lock()
 
     def table(self, conn: sa.Connection, name: str) -> TableInfo:
-        if self._allow is not None and name not in self._allow:
-            raise PermissionDenied(
-                f"connection '{self._connection}' does not allow table '{name}' (allowed: "
-                f"{', '.join(sorted(self._allow))})", table=name)
+        """The reflected table ``name``: an exact name from the allow-list (if there is one)
+        and of the database's schema. Nothing about ``name`` reaches SQL text: an unknown
+        name is refused here, a known one is quoted by SQLAlchemy."""
+        if self._allow is not None and name not in self._allow.tables:
+            raise self._allow.table_denied(name)
         with self._lock:
             info = self._tables.get(name)
         if info is not None:
@@ -81,7 +84,8 @@ class Schema:
         insp = sa.inspect(conn)
         if name not in insp.get_table_names(schema=self._schema):
             raise PreconditionError(
-                f"connection '{self._connection}': table '{name}' does not exist", table=name)
+                f"connection '{self._connection}': table '{shown(name)}' does not exist",
+                table=shown(name))
         metadata = sa.MetaData()
         if self._sqlite:
             sa.event.listen(metadata, "column_reflect", _sqlite_passthrough_types)
@@ -94,24 +98,6 @@ class Schema:
     def forget(self, name: str) -> None:
         with self._lock:
             self._tables.pop(name, None)
-
-    def table_names(self, conn: sa.Connection) -> set[str]:
-        return set(sa.inspect(conn).get_table_names(schema=self._schema))
-
-    def check_names(self, conn: sa.Connection, names: frozenset[str]) -> None:
-        """For ``query`` with an allow-list: refuse any mention of a table outside it.
-
-        Lexical and conservative: a column that happens to share a forbidden table's name is
-        refused too (quote-free renaming is the fix), never the other way round.
-        """
-        if self._allow is None:
-            return
-        allowed = {t.lower() for t in self._allow}
-        for table in self.table_names(conn):
-            if table.lower() in names and table.lower() not in allowed:
-                raise PermissionDenied(
-                    f"connection '{self._connection}' does not allow table '{table}' (allowed: "
-                    f"{', '.join(sorted(self._allow))})", table=table)
 
 
 def _unique_keys(insp: sa.Inspector, name: str, schema: str | None) -> tuple[frozenset[str], ...]:

@@ -181,9 +181,15 @@ def test_read_status_errors(api: HttpConnector, http_server: LoopbackServer, sta
 
 
 def test_reads_follow_redirects_without_leaking_credentials_off_origin(
-    api: HttpConnector, http_server: LoopbackServer
+    http_server: LoopbackServer
 ) -> None:
     other = LoopbackServer()
+    # The other server is on loopback too: it must be allowed explicitly
+    # (docs/security.md#network-egress; tests/security/test_http_egress.py refuses it).
+    api = HttpConnector(ConnectionConfig("api", "http", {
+        "base_url": http_server.url, "allow": [other.url],
+        "headers": {"Authorization": Secret(f"Bearer {TOKEN}", "API_TOKEN")},
+    }))
     try:
         http_server.behave("/here", Behavior(status=302, headers={"Location": "/echo"}))
         assert api.call(read(url="/here"))["json"]["headers"]["authorization"] == "***"
@@ -196,6 +202,7 @@ def test_reads_follow_redirects_without_leaking_credentials_off_origin(
         assert "authorization" not in result["json"]["headers"]
         assert "authorization" not in other.requests[0].headers
     finally:
+        api.close()
         other.close()
 
 

@@ -32,6 +32,17 @@ def plain() -> Iterator[HttpConnector]:
     c.close()
 
 
+@contextlib.contextmanager
+def allowing(port: int) -> Iterator[HttpConnector]:
+    """A connection without base_url that may reach 127.0.0.1:<port> (loopback is refused
+    unless allowed: docs/security.md#network-egress)."""
+    c = HttpConnector(ConnectionConfig("http", "http", {"allow": [f"http://127.0.0.1:{port}"]}))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
 def post(url: str, key: str = "wf1:run1:1", timeout: float = 5.0, **params: Any) -> ToolCall:
     return ToolCall("post", {"url": url, "json": {"n": 1}, **params}, timeout=timeout,
                     idempotency_key=key)
@@ -48,13 +59,15 @@ def closed_port() -> int:
     return port
 
 
-def test_connection_refused_is_transient_and_not_sent(plain: HttpConnector) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/orders"
-    with pytest.raises(TransientError) as info:
-        plain.call(post(url))
-    assert info.value.details["sent"] is False
-    with pytest.raises(TransientError):
-        plain.call(ToolCall("get", {"url": url}, timeout=5))
+def test_connection_refused_is_transient_and_not_sent() -> None:
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}/orders"
+    with allowing(port) as plain:
+        with pytest.raises(TransientError) as info:
+            plain.call(post(url))
+        assert info.value.details["sent"] is False
+        with pytest.raises(TransientError):
+            plain.call(ToolCall("get", {"url": url}, timeout=5))
 
 
 def test_dns_failure_is_transient(plain: HttpConnector) -> None:
@@ -62,7 +75,7 @@ def test_dns_failure_is_transient(plain: HttpConnector) -> None:
         plain.call(post("http://no-such-host.invalid/orders", timeout=3))
 
 
-def test_connect_timeout_is_transient(plain: HttpConnector) -> None:
+def test_connect_timeout_is_transient() -> None:
     # A listening socket whose accept queue is full: SYNs are dropped, connect() times out.
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -76,7 +89,7 @@ def test_connect_timeout_is_transient(plain: HttpConnector) -> None:
             with contextlib.suppress(BlockingIOError):
                 s.connect(("127.0.0.1", port))
             fillers.append(s)
-        with pytest.raises(TransientError) as info:
+        with allowing(port) as plain, pytest.raises(TransientError) as info:
             plain.call(post(f"http://127.0.0.1:{port}/orders", timeout=0.5))
         assert info.value.details["sent"] is False
     finally:
@@ -170,9 +183,11 @@ def test_reconcile_retry_when_the_answer_is_unclear(
     assert verdict.detail
 
 
-def test_reconcile_retry_when_the_server_is_gone(plain: HttpConnector) -> None:
-    base = f"http://127.0.0.1:{closed_port()}"
+def test_reconcile_retry_when_the_server_is_gone() -> None:
+    port = closed_port()
+    base = f"http://127.0.0.1:{port}"
     c = post(f"{base}/orders", reconcile={"url": f"{base}/applied/{{idempotencyKey}}"})
-    verdict = plain.reconcile(c)
+    with allowing(port) as plain:
+        verdict = plain.reconcile(c)
     assert verdict.outcome is ReconcileOutcome.RETRY
     assert "could not connect" in verdict.detail

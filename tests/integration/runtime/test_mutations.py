@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from keepflow import service
+from keepflow.clock import FakeClock
+from keepflow.connectors.base import ConnectionConfig
+from keepflow.connectors.config import Connections
 from keepflow.model import RunStatus
+from keepflow.policies import PolicyBook
+from keepflow.runtime.host import Host
+from keepflow.sandbox.pool import SandboxPool
+from keepflow.settings import Settings
 from tests.support.sink import Sink
 from tests.support.workflows import (
     BLIND_POST,
@@ -16,6 +24,7 @@ from tests.support.workflows import (
     consumer_js,
     deploy_source,
     events_of,
+    quick_policy,
     run_detail,
     seed_producer,
     workflow_js,
@@ -118,7 +127,25 @@ def test_transient_failures_exhaust_the_retry_policy_and_escalate(host, tmp_path
     assert wf["status"] == "needs_action"
 
 
-def test_connection_refused_on_a_read_is_retried_then_escalated(host, tmp_path: Path) -> None:
+@pytest.fixture
+def loopback_host(store_url: str, tmp_path: Path, pool: SandboxPool, clock: FakeClock
+                  ) -> Iterator[Host]:
+    """A host whose `http` connection may reach 127.0.0.1:9 (nothing listens there).
+
+    Loopback is refused unless a connection allows it (docs/security.md#network-egress).
+    """
+    connections = Connections([
+        ConnectionConfig("http", "http", {"allow": ["http://127.0.0.1:9"]})])
+    h = Host(Settings(home=tmp_path / "home", database_url=store_url), clock=clock,
+             connections=connections, pool=pool, policies=PolicyBook(quick_policy()))
+    yield h
+    h.close()
+    connections.close()
+
+
+def test_connection_refused_on_a_read_is_retried_then_escalated(loopback_host: Host,
+                                                                tmp_path: Path) -> None:
+    host = loopback_host
     src = workflow_js(producers="""
     poll: async (ctx) => { await ctx.http.get({ url: "http://127.0.0.1:9/nothing" }); },""",
                       consumers=consumer_js())
