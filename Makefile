@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: demo test test-parallel test-fast lint bench bench-smoke clean
+.PHONY: demo test test-serial test-fast lint bench bench-smoke clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,11 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## run the example workflow end to end on the embedded SQLite store
 	$(PY) examples/orders/demo.py
 
-test: $(VENV)/.installed  ## the whole test suite (SQLite and PostgreSQL)
-	$(PY) -m pytest -q
-
-test-parallel: $(VENV)/.installed  ## the whole suite on two workers (faster locally; CI runs it serially)
+test: $(VENV)/.installed  ## the whole test suite (SQLite and PostgreSQL), on both cores
 	$(PY) -m pytest -q -n 2
+
+test-serial: $(VENV)/.installed  ## the whole suite in one process (e.g. to debug an ordering effect)
+	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed  ## unit tests only
 	$(PY) -m pytest -q tests/unit

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keepflow.errors import ConfigError
 from keepflow.sandbox.api import SandboxLimits
@@ -87,7 +87,16 @@ class LimitPolicy(_Section):
     message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     peek_max: int = Field(default=100, ge=1)
     sandbox_memory_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024)
+    #: Reserved for the permission envelope; refused until it is enforced, so that nobody
+    #: relies on a cap that does nothing.
     mutations_per_day: int | None = Field(default=None, ge=1)
+
+    @field_validator("mutations_per_day")
+    @classmethod
+    def _not_yet(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("is not enforced yet; remove it (docs/security.md#limits)")
+        return value
 
 
 class ConsumerPolicy(_Section):

@@ -159,3 +159,7 @@ def test_the_shipped_limits_are_the_documented_ones() -> None:
     assert limits.workflow_storage_bytes == 2 * 1024 * MIB
     assert limits.min_interval_seconds == 30
     assert limits.message_bytes == 8 * MIB
+    docs = (Path(__file__).parents[2] / "docs" / "security.md").read_text(encoding="utf-8")
+    for name in LimitPolicy.model_fields:
+        if name != "mutations_per_day":  # not enforced yet: a permissions issue
+            assert f"`limits.{name}`" in docs, name

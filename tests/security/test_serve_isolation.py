@@ -44,7 +44,8 @@ export default Keep.workflow({
 
 def test_a_hostile_workflow_fails_once_and_the_others_keep_running(
         env: dict[str, str], tmp_path: Path, servers: list[Server]) -> None:
-    from tests.acceptance.test_serve import SCRIPT as TICKER, consumed
+    from tests.acceptance.test_serve import SCRIPT as TICKER
+    from tests.acceptance.test_serve import consumed
 
     log = tmp_path / "serve.log"
     servers.append(Server(env, log))
