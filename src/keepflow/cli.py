@@ -3,19 +3,26 @@
 Every listing takes ``--json`` (stable fields, see ``docs/cli.md``). Errors are one clear line
 on stderr and a non-zero exit, never a traceback. Exit codes: 0 ok, 1 refused or failed,
 2 usage, 3 a run failed, 4 a run is suspended (waiting for reconciliation or a person).
+
+What is printed comes from untrusted scripts and servers, so output has one shape
+(docs/security.md#terminal-output): a command hands its data to :func:`_emit`, which prints
+it as JSON (:func:`keepflow.terminal.dumps_json`) or gives the human printer the data passed
+through :func:`keepflow.terminal.visible_data` — a printer never sees a raw string — and every
+line leaves through :func:`_say`, the one place that writes, which also shows any control
+character that still slipped in and stops writing quietly when the reader of a pipe has gone.
+Arguments and the environment are checked once, before any command runs
+(:class:`_Command`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -25,42 +32,176 @@ from keepflow.errors import KeepflowError, ScriptInvalid, UsageError
 from keepflow.model import RunStatus, WorkflowStatus
 from keepflow.runtime.executor import RunOutcome
 from keepflow.runtime.host import Host
-from keepflow.sandbox.findings import format_finding
+from keepflow.sandbox.findings import Finding, format_finding
 from keepflow.settings import Settings
+from keepflow.terminal import (
+    dumps_json,
+    json_preview,
+    visible,
+    visible_data,
+    visible_line,
+    visible_lines,
+)
 from keepflow.views import outcome_view
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_RUN_FAILED, EXIT_SUSPENDED = 1, 2, 3, 4
 
 
+# ------------------------------------------------------------------------------ output
+
+
+def _say(text: str = "", *, err: bool = False) -> None:
+    """Write one piece of output: the only place in this module that writes.
+
+    ``text`` is keepflow's own layout around values that are already visible; a control
+    character that still got here is shown rather than obeyed (layout newlines stay). When
+    the reader of a pipe has gone (``keepflow events wf | head -1``) the rest of the output is
+    discarded quietly and the command still ends with its own exit code.
+    """
+    try:
+        click.echo(visible_lines(text), err=err)
+    except BrokenPipeError:
+        _discard(sys.stderr if err else sys.stdout)
+
+
+def _discard(stream: Any) -> None:
+    """Point the stream's descriptor at /dev/null: later writes, and the flush of whatever is
+    still buffered at exit, succeed without a reader (no "Exception ignored" at exit)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not backed by a descriptor (tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def _fail(message: str, code: int = EXIT_REFUSED) -> None:
-    click.echo(f"keepflow: {message}", err=True)
+    """One line on stderr and the exit code. Messages quote untrusted values (names,
+    messageIds, server replies), so the whole line is shown visibly."""
+    _say(f"keepflow: {visible_line(message)}", err=True)
     sys.exit(code)
 
 
-def friendly(fn: F) -> F:
-    """Turn every keepflow error into one line on stderr and an exit code."""
+def friendly(fn: Callable[[], Any]) -> Any:
+    """Call ``fn``; turn every keepflow error into one line on stderr and an exit code."""
+    try:
+        return fn()
+    except ScriptInvalid as exc:
+        where = visible(exc.source or "script")
+        for f in exc.findings:
+            shown = visible_data(f.to_dict() if hasattr(f, "to_dict") else f)
+            _say(format_finding(Finding.from_dict(shown), where), err=True)
+        _fail(exc.message)
+    except KeepflowError as exc:
+        _fail(exc.message, EXIT_USAGE if exc.code == "usage" else EXIT_REFUSED)
+    except click.exceptions.Abort:  # e.g. end of input at a confirmation prompt
+        _fail("aborted; nothing changed")
+    except (click.exceptions.Exit, click.ClickException):
+        raise  # click's own: it prints and exits
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # a bug: still one line, with the way to get details
+        if os.environ.get("KEEPFLOW_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set KEEPFLOW_DEBUG=1 for the "
+              "traceback, and please report it)")
+    return None
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ScriptInvalid as exc:
-            for f in exc.findings:
-                click.echo(format_finding(f, exc.message.split(":")[0]), err=True)
-            _fail(exc.message)
-        except KeepflowError as exc:
-            _fail(exc.message, EXIT_USAGE if exc.code == "usage" else EXIT_REFUSED)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except Exception as exc:  # a bug: still one line, with the way to get details
-            if os.environ.get("KEEPFLOW_DEBUG"):
-                raise
-            _fail(f"internal error: {type(exc).__name__}: {exc} (set KEEPFLOW_DEBUG=1 for the "
-                  "traceback, and please report it)")
 
-    return wrapper  # type: ignore[return-value]
+def _emit(data: Any, as_json: bool, human: Callable[[Any], None], *,
+          view: Any = None) -> None:
+    """Print ``data`` as JSON, or call ``human`` with it (or with ``view``, a human-only shape
+    of it) made visible: a human printer only ever receives visible text."""
+    if as_json:
+        _say(dumps_json(data))
+    else:
+        human(visible_data(data if view is None else view))
+
+
+# ------------------------------------------------------------------------------ input
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be handed to the host (stored, sent, printed), or None.
+
+    Linux passes arguments and the environment as bytes; Python decodes bytes that are not
+    UTF-8 into lone surrogates (U+DC80–U+DCFF), which no store, HTTP request or terminal can
+    encode. NUL ends strings in C, in file names and in PostgreSQL text.
+    """
+    for i, ch in enumerate(text, 1):
+        cp = ord(ch)
+        if 0xDC80 <= cp <= 0xDCFF:
+            return f"is not valid UTF-8 text (byte 0x{cp - 0xDC00:02x} at character {i})"
+        if 0xD800 <= cp <= 0xDFFF:
+            return f"is not valid UTF-8 text (lone surrogate U+{cp:04X} at character {i})"
+        if cp == 0:
+            return f"contains a NUL character (at character {i})"
+    return None
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        yield path if isinstance(path, str) else os.fsdecode(path)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _texts(v)
+
+
+def _param_label(param: click.Parameter) -> str:
+    if isinstance(param, click.Argument):
+        return f"argument {param.human_readable_name}"
+    return f"option {param.opts[0] if param.opts else param.name}"
+
+
+def _environment_read() -> Iterable[tuple[str, str]]:
+    """The variables this command reads: KEEPFLOW_* (settings, actor) and USER (the actor
+    when KEEPFLOW_ACTOR is not set)."""
+    for name, value in os.environ.items():
+        if name.startswith("KEEPFLOW_"):
+            yield name, value
+    if not os.environ.get("KEEPFLOW_ACTOR") and "USER" in os.environ:
+        yield "USER", os.environ["USER"]
+
+
+def check_input(ctx: click.Context) -> None:
+    """Refuse, once and before anything runs, any argument, option or environment value that
+    is not text the host can encode (a usage error, exit 2)."""
+    for param in ctx.command.params:
+        for text in _texts(ctx.params.get(param.name or "")):
+            problem = text_problem(text)
+            if problem:
+                raise UsageError(f"{_param_label(param)} {problem}; pass it as UTF-8 text — "
+                                 "see docs/cli.md#arguments-and-environment")
+    for name, value in _environment_read():
+        problem = text_problem(name) or text_problem(value)
+        if problem:
+            raise UsageError(f"environment variable {visible(name)} {problem}; set it to "
+                             "UTF-8 text or unset it — see docs/cli.md#arguments-and-environment")
+
+
+class _Command(click.Command):
+    """Every keepflow command: input checked first, errors reported by :func:`friendly`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return friendly(lambda: self._checked_invoke(ctx))
+
+    def _checked_invoke(self, ctx: click.Context) -> Any:
+        check_input(ctx)
+        return super().invoke(ctx)
+
+
+class _Group(click.Group):
+    """Commands and sub-groups made with ``@group.command()`` / ``@group.group()`` are
+    :class:`_Command` / :class:`_Group`: no command can skip the checks."""
+
+    command_class = _Command
+    group_class = type  # sub-groups are of this class too
 
 
 @contextmanager
@@ -69,17 +210,10 @@ def _host() -> Iterator[Host]:
         yield host
 
 
-def _emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-    else:
-        human(data)
-
-
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="keepflow")
 def main() -> None:
     """keepflow: delegated automations that run safely for months.
@@ -90,21 +224,23 @@ def main() -> None:
 
 
 @main.command()
-@friendly
 def init() -> None:
     """Create $KEEPFLOW_HOME, the store and a connections file."""
     info = service.init(Settings())
-    click.echo(f"keepflow home: {info['home']}")
-    click.echo(f"store: {info['store']}")
-    for path in info["created"]:
-        click.echo(f"created {path}")
+
+    def human(d: dict[str, Any]) -> None:
+        _say(f"keepflow home: {d['home']}")
+        _say(f"store: {d['store']}")
+        for path in d["created"]:
+            _say(f"created {path}")
+
+    _emit(info, False, human)
 
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", help="Workflow name (default: the script's `name`).")
 @json_option
-@friendly
 def deploy(file: Path, name: str | None, as_json: bool) -> None:
     """Validate FILE and deploy it as a new version (refused if it has errors)."""
     with _host() as host:
@@ -113,12 +249,12 @@ def deploy(file: Path, name: str | None, as_json: bool) -> None:
     data = {"workflow": res.workflow.name, "id": res.workflow.id, "version": res.version,
             "status": res.status, "findings": [f.to_dict() for f in res.findings]}
 
-    def human(_: Any) -> None:
-        for f in res.findings:
-            click.echo(format_finding(f, str(file)))
-        click.echo(f"{res.workflow.name}: version {res.version} ({res.status})")
+    def human(d: dict[str, Any]) -> None:
+        for f in d["findings"]:
+            _say(format_finding(Finding.from_dict(f), d["file"]))
+        _say(f"{d['workflow']}: version {d['version']} ({d['status']})")
 
-    _emit(data, as_json, human)
+    _emit(data, as_json, human, view=data | {"file": str(file)})
 
 
 def _notify_server(workflow: str) -> None:
@@ -131,7 +267,6 @@ def _notify_server(workflow: str) -> None:
 
 @main.command()
 @json_option
-@friendly
 def workflows(as_json: bool) -> None:
     """List workflows with their status and event counts."""
     with _host() as host:
@@ -139,12 +274,12 @@ def workflows(as_json: bool) -> None:
 
     def human(items: list[dict[str, Any]]) -> None:
         if not items:
-            click.echo("no workflows (deploy one with `keepflow deploy FILE`)")
+            _say("no workflows (deploy one with `keepflow deploy FILE`)")
         for w in items:
             pending = sum(t["pending"] for t in w["topics"].values())
-            click.echo(f"{w['name']:<24} {w['status']:<13} v{w['version'] or '-':<6} "
-                       f"pending={pending}" + (f"  ({w['statusReason']})"
-                                               if w["statusReason"] else ""))
+            _say(f"{w['name']:<24} {w['status']:<13} v{w['version'] or '-':<6} "
+                 f"pending={pending}" + (f"  ({w['statusReason']})"
+                                         if w["statusReason"] else ""))
 
     _emit(data, as_json, human)
 
@@ -160,7 +295,8 @@ def _run_exit_status(status: str) -> None:
         sys.exit(EXIT_SUSPENDED)
 
 
-def _view_line(d: dict[str, Any]) -> str:
+def _run_line(d: dict[str, Any]) -> str:
+    """One run outcome (``outcome_view``, or the server's run view), already visible."""
     line = f"run {d['id']} {d['handler']}: {d['status']}"
     if d.get("mutation"):
         line += f" (mutation {d['mutation']})"
@@ -169,20 +305,10 @@ def _view_line(d: dict[str, Any]) -> str:
     return line
 
 
-def _outcome_line(o: RunOutcome) -> str:
-    line = f"run {o.run_id} {o.handler}: {o.status.value}"
-    if o.mutation:
-        line += f" (mutation {o.mutation})"
-    if o.failure:
-        line += f" — {o.failure['class']}: {o.failure['message']}"
-    return line
-
-
 @main.command()
 @click.argument("workflow")
 @click.argument("handler")
 @json_option
-@friendly
 def trigger(workflow: str, handler: str, as_json: bool) -> None:
     """Run HANDLER of WORKFLOW once, now (through the server when one runs, else here)."""
     server = find_server(Settings())
@@ -190,21 +316,20 @@ def trigger(workflow: str, handler: str, as_json: bool) -> None:
         data = server.post(f"/api/workflows/{workflow}/trigger/{handler}", timeout=330.0,
                            wait=True)
         if "id" not in data:
-            _emit(data, as_json, lambda d: click.echo(f"queued on the server: {d['message']}"))
+            _emit(data, as_json, lambda d: _say(f"queued on the server: {d['message']}"))
             return
-        _emit(data, as_json, lambda d: click.echo(_view_line(d)))
+        _emit(data, as_json, lambda d: _say(_run_line(d)))
         _run_exit_status(data["status"])
         return
     with _host() as host:
         outcome = service.trigger(host, workflow, handler)
-    _emit(outcome_view(outcome), as_json, lambda _: click.echo(_outcome_line(outcome)))
+    _emit(outcome_view(outcome), as_json, lambda d: _say(_run_line(d)))
     _run_exit(outcome)
 
 
 @main.command()
 @click.argument("workflow", required=False)
 @json_option
-@friendly
 def drain(workflow: str | None, as_json: bool) -> None:
     """Run ready consumers until none is ready (does not wait for timeouts or schedules)."""
     server = find_server(Settings())
@@ -217,14 +342,14 @@ def drain(workflow: str | None, as_json: bool) -> None:
     data = {"recovered": [outcome_view(o) for o in report.recovered.resumed],
             "runs": [outcome_view(o) for o in report.runs], "blocked": report.blocked}
 
-    def human(_: Any) -> None:
-        for o in report.recovered.resumed:
-            click.echo("recovered " + _outcome_line(o))
-        for o in report.runs:
-            click.echo(_outcome_line(o))
-        for name, why in report.blocked.items():
-            click.echo(f"{name}: not drained — {why}")
-        click.echo(f"{len(report.runs)} run(s)")
+    def human(d: dict[str, Any]) -> None:
+        for o in d["recovered"]:
+            _say("recovered " + _run_line(o))
+        for o in d["runs"]:
+            _say(_run_line(o))
+        for name, why in d["blocked"].items():
+            _say(f"{name}: not drained — {why}")
+        _say(f"{len(d['runs'])} run(s)")
 
     _emit(data, as_json, human)
     bad = [o for o in runs if o.status in (RunStatus.FAILED, RunStatus.SUSPENDED)]
@@ -238,7 +363,6 @@ def drain(workflow: str | None, as_json: bool) -> None:
 @click.option("--status", help="pending | consumed | skipped")
 @click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 10_000))
 @json_option
-@friendly
 def events(workflow: str, topic: str | None, status: str | None, limit: int,
            as_json: bool) -> None:
     """List events of WORKFLOW, pending first."""
@@ -248,9 +372,9 @@ def events(workflow: str, topic: str | None, status: str | None, limit: int,
     def human(items: list[dict[str, Any]]) -> None:
         for e in items:
             extra = f" reserved by {e['reservedBy']}" if e["reservedBy"] else ""
-            click.echo(f"{e['status']:<9} {e['topic']:<20} {e['messageId']:<28} "
-                       f"{e['title']}{extra}")
-        click.echo(f"{len(items)} event(s)")
+            _say(f"{e['status']:<9} {e['topic']:<20} {e['messageId']:<28} "
+                 f"{e['title']}{extra}")
+        _say(f"{len(items)} event(s)")
 
     _emit(data, as_json, human)
 
@@ -265,30 +389,29 @@ def event() -> None:
 @click.argument("topic")
 @click.argument("message_id")
 @json_option
-@friendly
 def event_show(workflow: str, topic: str, message_id: str, as_json: bool) -> None:
     """Show an event: status history and every run that reserved it."""
     with _host() as host:
         data = service.show_event(host, workflow, topic, message_id)
 
     def human(e: dict[str, Any]) -> None:
-        click.echo(f"{e['title']}\n  {e['topic']}/{e['messageId']}: {e['status']} "
-                   f"(attempt {e['attempt']}), created by run {e['createdBy']}")
-        click.echo("  payload: " + json.dumps(e["payload"], ensure_ascii=False)[:500])
+        _say(f"{e['title']}\n  {e['topic']}/{e['messageId']}: {e['status']} "
+             f"(attempt {e['attempt']}), created by run {e['createdBy']}")
+        _say(f"  payload: {e['payloadPreview']}")
         for h in e["history"]:
-            click.echo(f"  {h['at']}  {h['status']:<9} {h['note'] or ''}")
+            _say(f"  {h['at']}  {h['status']:<9} {h['note'] or ''}")
         for r in e["reservations"]:
-            click.echo(f"  reserved by run {r['runId']} (attempt {r['attempt']}): "
-                       f"{r['runStatus']}, {r['outcome'] or 'in progress'}")
+            _say(f"  reserved by run {r['runId']} (attempt {r['attempt']}): "
+                 f"{r['runStatus']}, {r['outcome'] or 'in progress'}")
 
-    _emit(data, as_json, human)
+    _emit(data, as_json, human,
+          view=data | {"payloadPreview": json_preview(data["payload"], 500)})
 
 
 @main.command()
 @click.argument("workflow")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
 @json_option
-@friendly
 def runs(workflow: str, limit: int, as_json: bool) -> None:
     """List runs of WORKFLOW, newest first."""
     with _host() as host:
@@ -298,9 +421,9 @@ def runs(workflow: str, limit: int, as_json: bool) -> None:
         for r in items:
             muts = ",".join(m["status"] for m in r["mutations"])
             fail = f"  {r['failureClass']}: {r['failureMessage']}" if r["failureClass"] else ""
-            click.echo(f"{r['id']}  {r['kind']:<8} {r['handler']:<16} {r['status']:<10} "
-                       f"{('mutation=' + muts) if muts else ''}{fail}")
-        click.echo(f"{len(items)} run(s)")
+            _say(f"{r['id']}  {r['kind']:<8} {r['handler']:<16} {r['status']:<10} "
+                 f"{('mutation=' + muts) if muts else ''}{fail}")
+        _say(f"{len(items)} run(s)")
 
     _emit(data, as_json, human)
 
@@ -313,34 +436,33 @@ def run() -> None:
 @run.command("show")
 @click.argument("run_id")
 @json_option
-@friendly
 def run_show(run_id: str, as_json: bool) -> None:
     """Show a run: transitions, reservations, ledger, tool calls, logs, failure."""
     with _host() as host:
         data = service.show_run(host, run_id)
 
     def human(r: dict[str, Any]) -> None:
-        click.echo(f"run {r['id']}  {r['kind']} {r['handler']}: {r['status']}"
-                   + (f" ({r['suspendReason']})" if r["suspendReason"] else ""))
+        _say(f"run {r['id']}  {r['kind']} {r['handler']}: {r['status']}"
+             + (f" ({r['suspendReason']})" if r["suspendReason"] else ""))
         for t in r["transitions"]:
-            click.echo(f"  {t['at']}  {t['from'] or '-':>9} → {t['to']:<10} {t['note'] or ''}")
+            _say(f"  {t['at']}  {t['from'] or '-':>9} → {t['to']:<10} {t['note'] or ''}")
         for res in r["reservations"]:
-            click.echo(f"  reserved {res['topic']}/{res['messageId']} \"{res['title']}\" "
-                       f"(attempt {res['attempt']}): {res['outcome'] or 'held'}")
+            _say(f"  reserved {res['topic']}/{res['messageId']} \"{res['title']}\" "
+                 f"(attempt {res['attempt']}): {res['outcome'] or 'held'}")
         for m in r["mutations"]:
-            click.echo(f"  mutation attempt {m['attempt']}: {m['description']} → {m['status']}"
-                       f" [{m['idempotencyKey']}]")
+            _say(f"  mutation attempt {m['attempt']}: {m['description']} → {m['status']}"
+                 f" [{m['idempotencyKey']}]")
         for c in r["toolCalls"]:
-            click.echo(f"  call {c['seq']} {c['phase']}: {c['connection'] or ''}"
-                       f"{'.' if c['connection'] else ''}{c['tool'] or c['target']} "
-                       f"{'ok' if c['ok'] else 'error'} {c['durationMs']:.1f} ms")
+            _say(f"  call {c['seq']} {c['phase']}: {c['connection'] or ''}"
+                 f"{'.' if c['connection'] else ''}{c['tool'] or c['target']} "
+                 f"{'ok' if c['ok'] else 'error'} {c['durationMs']:.1f} ms")
         for e in r["published"]:
-            click.echo(f"  published {e['topic']}/{e['messageId']} \"{e['title']}\"")
+            _say(f"  published {e['topic']}/{e['messageId']} \"{e['title']}\"")
         for lg in r["logs"]:
-            click.echo(f"  log [{lg['level']}] {lg['message']}")
+            _say(f"  log [{lg['level']}] {lg['message']}")
         if r["failure"]:
             f = r["failure"]
-            click.echo(f"  failed in {f['phase']} ({f['class']}): {f['message']}")
+            _say(f"  failed in {f['phase']} ({f['class']}): {f['message']}")
 
     _emit(data, as_json, human)
 
@@ -351,14 +473,13 @@ def _set_status(workflow: str, status: WorkflowStatus, reason: str | None, as_js
         wf = service.set_status(host, workflow, status, reason=reason)
     _notify_server(wf.name)
     data = {"workflow": wf.name, "status": wf.status.value, "statusReason": wf.status_reason}
-    _emit(data, as_json, lambda d: click.echo(f"{d['workflow']}: {d['status']}"))
+    _emit(data, as_json, lambda d: _say(f"{d['workflow']}: {d['status']}"))
 
 
 @main.command()
 @click.argument("workflow")
 @click.option("--reason", help="Why (kept with the status and in the audit log).")
 @json_option
-@friendly
 def pause(workflow: str, reason: str | None, as_json: bool) -> None:
     """Stop running WORKFLOW on schedule (manual triggers still work)."""
     _set_status(workflow, WorkflowStatus.PAUSED, reason, as_json)
@@ -367,7 +488,6 @@ def pause(workflow: str, reason: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("workflow")
 @json_option
-@friendly
 def resume(workflow: str, as_json: bool) -> None:
     """Run WORKFLOW on schedule again (from paused, needs action or disabled)."""
     _set_status(workflow, WorkflowStatus.ACTIVE, None, as_json)
@@ -377,7 +497,6 @@ def resume(workflow: str, as_json: bool) -> None:
 @click.argument("workflow")
 @click.option("--reason", help="Why (kept with the status and in the audit log).")
 @json_option
-@friendly
 def disable(workflow: str, reason: str | None, as_json: bool) -> None:
     """Turn WORKFLOW off: nothing runs, not even manual triggers, until resumed."""
     _set_status(workflow, WorkflowStatus.DISABLED, reason, as_json)
@@ -386,7 +505,6 @@ def disable(workflow: str, reason: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("workflow", required=False)
 @json_option
-@friendly
 def status(workflow: str | None, as_json: bool) -> None:
     """What runs when, and why something is not running."""
     server = find_server(Settings())
@@ -399,21 +517,21 @@ def status(workflow: str | None, as_json: bool) -> None:
 
 def _print_status(data: dict[str, Any]) -> None:
     srv = data["server"]
-    click.echo(f"server: running, pid {srv['pid']}, {srv['url']}" if srv else
-               "server: not running (start it with `keepflow serve`)")
+    _say(f"server: running, pid {srv['pid']}, {srv['url']}" if srv else
+         "server: not running (start it with `keepflow serve`)")
     for w in data["workflows"]:
-        click.echo(f"\n{w['name']} (v{w['version'] or '-'}): {w['status']} — {w['why']}")
+        _say(f"\n{w['name']} (v{w['version'] or '-'}): {w['status']} — {w['why']}")
         for p in w["producers"]:
             last = p["lastRun"]
-            click.echo(f"  producer {p['name']}: {p['schedule']}; next {p['nextFire'] or '-'}"
-                       f"; last run {last['status'] if last else 'never'}"
-                       + (f"; {p['skippedTicks']} tick(s) skipped" if p["skippedTicks"] else ""))
+            _say(f"  producer {p['name']}: {p['schedule']}; next {p['nextFire'] or '-'}"
+                 f"; last run {last['status'] if last else 'never'}"
+                 + (f"; {p['skippedTicks']} tick(s) skipped" if p["skippedTicks"] else ""))
         for c in w["consumers"]:
             wake = f" until {c['wake']}" if c["state"] == "sleeping" else ""
-            click.echo(f"  consumer {c['name']}: {c['state']}{wake}; {c['pending']} pending")
+            _say(f"  consumer {c['name']}: {c['state']}{wake}; {c['pending']} pending")
         for topic, n in w["topics"].items():
-            click.echo(f"  topic {topic}: {n['pending']} pending, {n['consumed']} consumed, "
-                       f"{n['skipped']} skipped")
+            _say(f"  topic {topic}: {n['pending']} pending, {n['consumed']} consumed, "
+                 f"{n['skipped']} skipped")
 
 
 @main.command()
@@ -425,7 +543,6 @@ def _print_status(data: dict[str, Any]) -> None:
               show_default=True, help="Structured logs on stderr as text or JSON lines.")
 @click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0, 3600),
               help="Seconds runs get to reach a durable point on shutdown.")
-@friendly
 def serve(bind: str, port: int, log_format: str, grace: float) -> None:
     """Run the host: scheduler, recovery and API, until SIGINT/SIGTERM."""
     from keepflow.serve import ServeOptions
@@ -438,20 +555,19 @@ def serve(bind: str, port: int, log_format: str, grace: float) -> None:
 def _after_answer(outcome: RunOutcome | None, as_json: bool) -> None:
     if outcome is None:  # a server holds the workflow: it carries the run on
         _emit({"handedTo": "server"}, as_json,
-              lambda _: click.echo("recorded; the running server carries the run on now"))
+              lambda _: _say("recorded; the running server carries the run on now"))
         return
-    _emit(outcome_view(outcome), as_json, lambda _: click.echo(_outcome_line(outcome)))
+    _emit(outcome_view(outcome), as_json, lambda d: _say(_run_line(d)))
     _run_exit(outcome)
 
 
 @main.command()
 @click.argument("run_id")
 @json_option
-@friendly
 def retry(run_id: str, as_json: bool) -> None:
     """Retry a failed run from its last durable point (an applied mutation is never redone)."""
     with _host() as host:
-        outcome = service.retry_run(host, run_id)
+        outcome = service.retry_run(host, run_id, _actor())
     _after_answer(outcome, as_json)
 
 
@@ -465,14 +581,13 @@ def retry(run_id: str, as_json: bool) -> None:
               help="Leave it; next runs with skipped and the reserved events end skipped.")
 @click.option("--yes", is_flag=True, help="Do not ask to confirm --didnt-happen.")
 @json_option
-@friendly
 def resolve(run_id: str, answer: str | None, yes: bool, as_json: bool) -> None:
     """Answer for a run whose mutation outcome is unknown (or skip a failed run)."""
     if answer is None:
         raise UsageError("say what happened: --try-again, --didnt-happen or --skip")
     if answer == "didnt_happen":
-        click.echo("warning: if it did happen after all, answering 'it didn't happen' makes "
-                   "it happen twice", err=True)
+        _say("warning: if it did happen after all, answering 'it didn't happen' makes "
+             "it happen twice", err=True)
         if not yes and sys.stdin.isatty() and not click.confirm("It did not happen?"):
             _fail("nothing changed")
     with _host() as host:
@@ -483,7 +598,6 @@ def resolve(run_id: str, answer: str | None, yes: bool, as_json: bool) -> None:
 @main.command()
 @click.argument("run_id")
 @json_option
-@friendly
 def approve(run_id: str, as_json: bool) -> None:
     """Approve the mutation RUN waits for: it runs now, exactly as shown in the inbox."""
     with _host() as host:
@@ -494,7 +608,6 @@ def approve(run_id: str, as_json: bool) -> None:
 @main.command()
 @click.argument("run_id")
 @json_option
-@friendly
 def reject(run_id: str, as_json: bool) -> None:
     """Reject the mutation RUN waits for (= skip: it never runs, its events end skipped)."""
     with _host() as host:
@@ -507,18 +620,16 @@ def reject(run_id: str, as_json: bool) -> None:
 @click.argument("topic")
 @click.argument("message_id")
 @json_option
-@friendly
 def event_skip(workflow: str, topic: str, message_id: str, as_json: bool) -> None:
     """Skip a pending, unreserved event: no run will ever reserve it."""
     with _host() as host:
         data = service.skip_event(host, workflow, topic, message_id, _actor())
     _notify_server(workflow)
-    _emit(data, as_json, lambda e: click.echo(f"{e['topic']}/{e['messageId']}: {e['status']}"))
+    _emit(data, as_json, lambda e: _say(f"{e['topic']}/{e['messageId']}: {e['status']}"))
 
 
 @main.command()
 @json_option
-@friendly
 def inbox(as_json: bool) -> None:
     """Everything that needs a person: what is blocked, why, what to check, the choices."""
     with _host() as host:
@@ -527,15 +638,15 @@ def inbox(as_json: bool) -> None:
 
     def human(data: list[dict[str, Any]]) -> None:
         if not data:
-            click.echo("nothing needs you")
+            _say("nothing needs you")
         for i, item in enumerate(data, 1):
-            click.echo(f"\n{i}. [{item['workflow']}] {item['title']}")
-            click.echo(f"   blocked: {item['blocked']}")
-            click.echo(f"   why:     {item['why']}")
-            click.echo(f"   check:   {item['check']}")
+            _say(f"\n{i}. [{item['workflow']}] {item['title']}")
+            _say(f"   blocked: {item['blocked']}")
+            _say(f"   why:     {item['why']}")
+            _say(f"   check:   {item['check']}")
             for c in item["choices"]:
                 warn = f"  (warning: {c['warning']})" if c.get("warning") else ""
-                click.echo(f"   → {c['command']}\n     {c['effect']}{warn}")
+                _say(f"   → {c['command']}\n     {c['effect']}{warn}")
 
     _emit(items, as_json, human)
 
@@ -543,7 +654,6 @@ def inbox(as_json: bool) -> None:
 @main.command()
 @click.option("--all", "show_all", is_flag=True, help="Resolved ones too (newest first).")
 @json_option
-@friendly
 def notifications(show_all: bool, as_json: bool) -> None:
     """Notifications: needs action, stale events, repeated failures (open ones by default)."""
     with _host() as host:
@@ -552,14 +662,14 @@ def notifications(show_all: bool, as_json: bool) -> None:
 
     def human(data: list[dict[str, Any]]) -> None:
         if not data:
-            click.echo("no open notifications" if not show_all else "no notifications")
+            _say("no open notifications" if not show_all else "no notifications")
         for n in data:
             state = n["status"] if n["status"] == "open" else f"resolved {n['resolvedAt']}"
             hook = "" if n["webhookStatus"] == "none" else f", webhook {n['webhookStatus']}"
-            click.echo(f"\n#{n['id']} [{n['workflow']}] {n['title']}  ({state}{hook})")
-            click.echo(f"   {n['body']}")
+            _say(f"\n#{n['id']} [{n['workflow']}] {n['title']}  ({state}{hook})")
+            _say(f"   {n['body']}")
             if n["webhookError"]:
-                click.echo(f"   webhook error: {n['webhookError']}")
+                _say(f"   webhook error: {n['webhookError']}")
 
     _emit(items, as_json, human)
 
@@ -572,20 +682,26 @@ def policy() -> None:
 @policy.command("show")
 @click.argument("workflow", required=False)
 @json_option
-@friendly
 def policy_show(workflow: str | None, as_json: bool) -> None:
     """Print the effective policy (system-wide, or for WORKFLOW)."""
     with _host() as host:
         data = service.policy_show(host, workflow)
 
-    def human(d: dict[str, Any], prefix: str = "") -> None:
-        for key, value in d.items():
-            if isinstance(value, dict):
-                human(value, f"{prefix}{key}.")
-            else:
-                click.echo(f"{prefix}{key} = {json.dumps(value)}")
+    def human(settings: list[tuple[str, str]]) -> None:
+        for key, value in settings:
+            _say(f"{key} = {value}")
 
-    _emit(data, as_json, human)
+    _emit(data, as_json, human, view=[(key, dumps_json(value, indent=None))
+                                      for key, value in _flatten(data)])
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``retry.max_attempts``-style keys for the leaves of a nested policy."""
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def _actor() -> str:

@@ -81,9 +81,11 @@ class ScriptInvalid(KeepflowError):
 
     code = "script_invalid"
 
-    def __init__(self, message: str, findings: list[Any]) -> None:
+    def __init__(self, message: str, findings: list[Any], *, source: str | None = None) -> None:
         super().__init__(message)
         self.findings = findings
+        #: The script's file (or other name), for locating the findings.
+        self.source = source
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()

@@ -10,7 +10,6 @@ resumes on the next start.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from keepflow.runtime.host import Host
 from keepflow.runtime.recovery import recover
 from keepflow.scheduler.loop import SchedulerLoop, StoppableClock
 from keepflow.settings import Settings
+from keepflow.terminal import dumps_json, visible
 from keepflow.web.app import create_app
 
 log = logging.getLogger("keepflow")
@@ -45,18 +45,33 @@ class ServeOptions:
 
 
 class JsonLines(logging.Formatter):
+    """One JSON object per line. Field values (handler names, errors) come from scripts and
+    servers: the text escapes every control and format character, the values stay exact
+    (docs/security.md#terminal-output)."""
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {"at": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
                                 "level": record.levelname.lower(), "event": record.getMessage()}
         data.update(getattr(record, "fields", {}))
-        return json.dumps(data, default=str)
+        return dumps_json(data, indent=None)
 
 
 class TextLines(logging.Formatter):
+    """``HH:MM:SS event key=value …`` for a person: every part shown visibly, and a value
+    with a space, ``=`` or ``"`` quoted, so one field cannot forge another field or line."""
+
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
-        extra = " ".join(f"{k}={v}" for k, v in fields.items())
-        return f"{self.formatTime(record, '%H:%M:%S')} {record.getMessage()} {extra}".rstrip()
+        extra = " ".join(f"{_logfmt(k)}={_logfmt(v)}" for k, v in fields.items())
+        return (f"{self.formatTime(record, '%H:%M:%S')} {visible(record.getMessage())} "
+                f"{extra}").rstrip()
+
+
+def _logfmt(value: object) -> str:
+    text = visible(str(value))
+    if text and not any(c in text for c in ' ="'):
+        return text
+    return '"' + text.replace('"', '\\"') + '"'  # unambiguous: visible() doubled backslashes
 
 
 def _configure_logging(fmt: str, stream: TextIO) -> None:
@@ -99,6 +114,7 @@ class StatusLine:
         self.tty = stream.isatty()
         self.every = every if every is not None else (2.0 if self.tty else 60.0)
         self._next = time.monotonic() + self.every
+        self._gone = False
 
     def text(self) -> str:
         slots = self.loop.scheduler.slots.values()
@@ -109,14 +125,28 @@ class StatusLine:
                 f" · {self.loop.scheduler.running()} running")
 
     def tick(self) -> None:
-        if time.monotonic() < self._next:
+        if self._gone or time.monotonic() < self._next:
             return
         self._next = time.monotonic() + self.every
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + self.text())
-        else:
-            self.stream.write(self.text() + "\n")
-        self.stream.flush()
+        try:
+            if self.tty:  # keepflow's own control sequence: redraw the one status line
+                self.stream.write("\r\x1b[2K" + self.text())
+            else:
+                self.stream.write(self.text() + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            # The reader went away (`keepflow serve 2>&1 | head`) or the stream was closed: a
+            # status line is not worth ending the scheduler loop that calls this.
+            self._gone = True
+
+
+def _announce(stream: TextIO, text: str) -> None:
+    """A line of keepflow's own; a reader that went away (`serve 2>&1 | head`) stops nothing."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.stderr) -> int:
@@ -158,8 +188,7 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
 
         app = create_app(host, loop, token=settings.api_token, lifespan_hooks=(start, stop))
         write_server_file(settings, url)
-        print(f"keepflow serve: listening on {url} (pid {os.getpid()})", file=stream,
-              flush=True)
+        _announce(stream, f"keepflow serve: listening on {url} (pid {os.getpid()})\n")
         config = uvicorn.Config(app, log_level="warning", lifespan="on",
                                 timeout_graceful_shutdown=int(options.grace_seconds) + 5)
         # uvicorn handles SIGINT/SIGTERM (graceful shutdown), then re-raises the signal to the
@@ -170,9 +199,8 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
         left = int(state.get("left", 0))
         if left:
             # Runs stuck past the grace period: leave like a crash; recovery resumes them.
-            stream.write(f"keepflow serve: {left} run(s) did not reach a durable point in "
-                         f"{options.grace_seconds:g}s; they resume on the next start\n")
-            stream.flush()
+            _announce(stream, f"keepflow serve: {left} run(s) did not reach a durable point in "
+                              f"{options.grace_seconds:g}s; they resume on the next start\n")
             remove_server_file(settings)
             os._exit(3)
         return 0

@@ -75,7 +75,7 @@ def deploy(host: Host, path: Path, name: str | None = None, actor: str = "cli") 
     if not result.ok:
         raise ScriptInvalid(
             f"{path}: the script has {sum(f.severity == 'error' for f in result.findings)} "
-            "error(s); nothing was deployed", result.findings)
+            "error(s); nothing was deployed", result.findings, source=str(path))
     manifest = result.manifest
     assert manifest is not None
     wf_name = name or manifest.name

@@ -360,11 +360,14 @@ class HttpConnector(Connector):
         return httpx.URL(str(self._base).rstrip("/") + "/" + raw.lstrip("/"))
 
     def _display(self, url: httpx.URL) -> str:
-        """The URL for messages: no query (it may carry tokens), no path of a secret base."""
+        """The URL for messages: no query (it may carry tokens), no path of a secret base, and
+        the path as sent — percent-encoded, so a script's control characters stay inert in
+        the ledger, approvals and escalations."""
         origin = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
         if self._base_is_secret:
             return f"{origin}/…"
-        return self._redact.text(origin + url.path)
+        path = url.raw_path.split(b"?", 1)[0].decode("ascii", "replace")
+        return self._redact.text(origin + path)
 
     def _strip_credentials_off_origin(self, request: httpx.Request) -> None:
         """Redirects of reads may leave the base origin: configured headers stay behind."""
