@@ -14,7 +14,13 @@ in a leading ``/* keepflow-attack {json} */`` block:
 * ``sent``: how many requests reached the external system (the loopback sink's own record);
 * ``ledger``: the ledger statuses of that run's mutation attempts;
 * ``events``: how many events the workflow holds afterwards;
-* ``policy``: limits for this workflow (e.g. a small storage quota).
+* ``policy``: limits for this workflow (e.g. a small storage quota);
+* ``never_stored``: texts that must appear nowhere in what the store shows (a secret row).
+
+Connections: ``api`` (the loopback sink, its base_url), the default ``http`` (no base_url:
+public addresses only), ``db`` (a SQLite database with a ``rows`` table) and ``shop`` (a
+SQLite database whose ``tables`` allow-list names ``orders`` but not ``secrets``). In a
+script, ``__SINK_URL__`` and ``__SINK_PORT__`` stand for the sink's address.
 
 Each case runs on SQLite and PostgreSQL next to a healthy *canary* workflow, and checks the
 external system's record, the store (everything readable, the failure explained), and that the
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from hashlib import sha256
@@ -49,6 +56,7 @@ from tests.support.workflows import deploy_source, quick_policy
 pytestmark = pytest.mark.integration
 
 CORPUS = Path(__file__).parent / "corpus"
+SECRET_ROW = "TOPSECRET-4242"
 _BLOCK = re.compile(r"/\*\s*keepflow-attack\s*(\{.*?\})\s*\*/", re.DOTALL)
 
 CANARY = """
@@ -106,10 +114,17 @@ CASES = load_cases()
 def corpus_host(request: pytest.FixtureRequest, store_url: str, tmp_path: Path,
                 pool: SandboxPool, sink: Sink, target_db: str) -> Iterator[Host]:
     case: Case = request.param
+    shop = tmp_path / "shop.db"
+    with sqlite3.connect(shop) as db:
+        db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+        db.execute("INSERT INTO orders VALUES (1, 'book')")
+        db.execute("CREATE TABLE secrets (id INTEGER PRIMARY KEY, token TEXT)")
+        db.execute(f"INSERT INTO secrets VALUES (1, '{SECRET_ROW}')")
     connections = Connections([
         ConnectionConfig("http", "http", {}),
         ConnectionConfig("api", "http", {"base_url": sink.url}),
         ConnectionConfig("db", "sql", {"url": target_db}),
+        ConnectionConfig("shop", "sql", {"url": f"sqlite:///{shop}", "tables": ["orders"]}),
     ])
     overrides = {"attack": case.spec["policy"]} if "policy" in case.spec else {}
     h = Host(Settings(home=tmp_path / "home", database_url=store_url), clock=FakeClock(),
@@ -132,7 +147,9 @@ def test_hostile_script(corpus_host: Host, tmp_path: Path, sink: Sink,
     spec = case.spec
     deploy_source(host, tmp_path, CANARY, name="canary.js")
     service.trigger(host, "canary", "seed")
-    source = case.path.read_text(encoding="utf-8")
+    port = sink.url.rsplit(":", 1)[1]
+    source = case.path.read_text(encoding="utf-8").replace("__SINK_URL__", sink.url) \
+        .replace("__SINK_PORT__", port)
 
     mode = spec.get("deploy", "ok")
     if mode == "unchecked":
@@ -161,7 +178,9 @@ def test_hostile_script(corpus_host: Host, tmp_path: Path, sink: Sink,
     assert canary_run["status"] == "committed", canary_run
     assert [p for _, p, _ in sink.requests].count("/canary") == 1
     # Everything in the store is readable and storable text (no crash in any surface).
-    _readable(host)
+    shown = _readable(host)
+    for text in _texts(spec.get("never_stored")):
+        assert text not in shown
 
 
 def _deploy_unchecked(host: Host, source: str) -> None:
@@ -200,18 +219,22 @@ def _check_run(host: Host, spec: dict[str, Any]) -> None:
         assert len(service.list_events(host, "attack")) == spec["events"]
 
 
-def _readable(host: Host) -> None:
+def _readable(host: Host) -> str:
+    """Every surface's view of the store, as one text (each must encode as UTF-8)."""
+    parts = []
     for wf in ("canary", "attack"):
         if host.store.find_workflow(wf) is None:
             continue
         for r in service.list_runs(host, wf):
-            _utf8(service.show_run(host, r["id"]))
+            parts.append(_utf8(service.show_run(host, r["id"])))
         for e in service.list_events(host, wf):
-            _utf8(service.show_event(host, wf, e["topic"], e["messageId"]))
-    _utf8(service.status(host))
-    _utf8(service.inbox(host))
-    _utf8(service.list_workflows(host))
+            parts.append(_utf8(service.show_event(host, wf, e["topic"], e["messageId"])))
+    parts += [_utf8(service.status(host)), _utf8(service.inbox(host)),
+              _utf8(service.list_workflows(host))]
+    return "\n".join(parts)
 
 
-def _utf8(data: Any) -> None:
-    json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")  # raises if unstorable
+def _utf8(data: Any) -> str:
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    text.encode("utf-8")  # raises if something unstorable reached the store
+    return text
