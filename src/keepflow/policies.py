@@ -26,21 +26,30 @@ from keepflow.sandbox.api import SandboxLimits
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinity and NaN are never a meaningful delay, budget or limit.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def backoff(base: float, factor: float, attempt: int, cap: float) -> float:
+    """``min(base * factor**(attempt-1), cap)`` without overflowing for large ``attempt``."""
+    try:
+        return min(base * factor ** max(0, attempt - 1), cap)
+    except OverflowError:
+        return cap
 
 
 class RetryPolicy(_Section):
     """Transient failures are retried inside the run with exponential backoff (SPEC §7.4, §8)."""
 
     max_attempts: int = Field(default=5, ge=1, le=100)
-    base_seconds: float = Field(default=1.0, ge=0)
-    factor: float = Field(default=2.0, ge=1)
-    max_delay_seconds: float = Field(default=60.0, ge=0)
+    base_seconds: float = Field(default=1.0, ge=0, le=3600)
+    factor: float = Field(default=2.0, ge=1, le=10)
+    max_delay_seconds: float = Field(default=60.0, ge=0, le=3600)
     jitter: float = Field(default=0.1, ge=0, le=1, description="+/- fraction of each delay")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``attempt`` (1 = first retry)."""
-        raw = min(self.base_seconds * self.factor ** (attempt - 1), self.max_delay_seconds)
+        raw = backoff(self.base_seconds, self.factor, attempt, self.max_delay_seconds)
         if self.jitter and raw:
             r = (rng or random).uniform(-self.jitter, self.jitter)
             raw = max(0.0, raw * (1 + r))
@@ -49,24 +58,35 @@ class RetryPolicy(_Section):
 
 class ReconcilePolicy(_Section):
     max_attempts: int = Field(default=10, ge=1, le=1000)
-    base_seconds: float = Field(default=5.0, ge=0)
-    factor: float = Field(default=2.0, ge=1)
-    max_delay_seconds: float = Field(default=600.0, ge=0)
-    total_budget_seconds: float = Field(default=86_400.0, gt=0)
+    base_seconds: float = Field(default=5.0, ge=0, le=86_400)
+    factor: float = Field(default=2.0, ge=1, le=10)
+    max_delay_seconds: float = Field(default=600.0, ge=0, le=86_400)
+    total_budget_seconds: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before background reconcile attempt ``attempt`` (1 = the first)."""
+        return backoff(self.base_seconds, self.factor, attempt, self.max_delay_seconds)
 
 
 class RepairPolicy(_Section):
     enabled: bool = False
-    max_consecutive_attempts: int = Field(default=3, ge=0)
-    max_cost_usd: float = Field(default=1.0, ge=0)
-    max_elapsed_seconds: float = Field(default=3600.0, gt=0)
+    max_consecutive_attempts: int = Field(default=3, ge=0, le=100)
+    max_cost_usd: float = Field(default=1.0, ge=0, le=10_000)
+    max_elapsed_seconds: float = Field(default=3600.0, gt=0, le=30 * 86_400)
+
+
+#: The longest a connector call may take. A mutation's call must end well before the workflow's
+#: lease (5 minutes, renewed when its attempt is recorded in_flight) could expire: otherwise a
+#: second host could take the workflow over, find the attempt unanswered and, if its
+#: reconcile says "not there yet", send it again while the first request is still open.
+MAX_CALL_SECONDS = 240.0
 
 
 class TimeoutPolicy(_Section):
     handler_cpu_seconds: float = Field(default=2.0, gt=0, le=600)
     handler_wall_seconds: float = Field(default=30.0, gt=0, le=3600)
-    tool_call_seconds: float = Field(default=30.0, gt=0, le=3600)
-    reconcile_call_seconds: float = Field(default=30.0, gt=0, le=3600)
+    tool_call_seconds: float = Field(default=30.0, gt=0, le=MAX_CALL_SECONDS)
+    reconcile_call_seconds: float = Field(default=30.0, gt=0, le=MAX_CALL_SECONDS)
 
 
 class LimitPolicy(_Section):
@@ -86,7 +106,8 @@ class LimitPolicy(_Section):
     #: The largest JSON value (and one turn's host calls together) crossing the sandbox.
     message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     peek_max: int = Field(default=100, ge=1)
-    sandbox_memory_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024)
+    sandbox_memory_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024,
+                                      le=2 * 1024 ** 3)
     #: Reserved for the permission envelope; refused until it is enforced, so that nobody
     #: relies on a cap that does nothing.
     mutations_per_day: int | None = Field(default=None, ge=1)
@@ -100,8 +121,8 @@ class LimitPolicy(_Section):
 
 
 class ConsumerPolicy(_Section):
-    backoff_timeout_seconds: float = Field(default=300.0, gt=0)
-    stale_event_days: float = Field(default=7.0, gt=0)
+    backoff_timeout_seconds: float = Field(default=300.0, gt=0, le=7 * 86_400)
+    stale_event_days: float = Field(default=7.0, gt=0, le=3650)
 
 
 class ApprovalPolicy(_Section):

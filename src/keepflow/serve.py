@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import uvicorn
 
-from keepflow.client import remove_server_file, write_server_file
+from keepflow.client import find_server, remove_server_file, write_server_file
 from keepflow.errors import UsageError
 from keepflow.model import WorkflowStatus
 from keepflow.notifications import DELIVER_SECONDS, SWEEP_SECONDS, Notifier
@@ -151,6 +151,11 @@ def _announce(stream: TextIO, text: str) -> None:
 
 def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.stderr) -> int:
     _configure_logging(options.log_format, stream)
+    running = find_server(settings)
+    if running is not None:  # two hosts on one home would fight over serve.json and leases
+        raise UsageError(f"a keepflow server already runs for {settings.home} (pid "
+                         f"{running.pid}, {running.url}); stop it first, or give this one "
+                         "another KEEPFLOW_HOME")
     sock = _bind(options.host, options.port, settings.api_token)
     port = sock.getsockname()[1]
     url = f"http://{options.host}:{port}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from keepflow.agents.validation import validate_script
-from keepflow.errors import Conflict, NotFound, ScriptInvalid, UsageError
+from keepflow.errors import ConfigError, Conflict, NotFound, ScriptInvalid, UsageError
 from keepflow.model import EventStatus, Fence, RunStatus, WorkflowRecord, WorkflowStatus
 from keepflow.runtime import actions
 from keepflow.runtime.executor import RunOutcome
@@ -41,7 +41,10 @@ CONNECTIONS_TEMPLATE = """\
 def init(settings: Settings) -> dict[str, Any]:
     """Create ``$KEEPFLOW_HOME``, the store (migrated) and a commented connections file."""
     home = settings.home
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create KEEPFLOW_HOME {home}: {exc.strerror or exc}") from None
     created = []
     if not settings.connections_file.exists():
         settings.connections_file.write_text(CONNECTIONS_TEMPLATE, encoding="utf-8")

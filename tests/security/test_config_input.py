@@ -30,10 +30,16 @@ from keepflow.policies import PolicyBook
     (b'[notifications]\nwebhook_url = "file:///etc/passwd"\n', "notifications.webhook_url"),
     (b'[notifications]\nwebhook_url = "http://a b"\n', "notifications.webhook_url"),
     (b"[nope]\nx = 1\n", "nope"),
+    (b"[consumer]\nbackoff_timeout_seconds = inf\n", "consumer.backoff_timeout_seconds"),
+    (b"[retry]\nbase_seconds = nan\n", "retry.base_seconds"),
+    (b"[reconcile]\nfactor = 1e308\n", "reconcile.factor"),
+    (b"[timeouts]\ntool_call_seconds = 3600\n", "timeouts.tool_call_seconds"),
+    (b"[limits]\nsandbox_memory_bytes = 99999999999999\n", "limits.sandbox_memory_bytes"),
 ], ids=["bad-utf8", "surrogate-escape", "workflows-int", "connectors-str", "workflow-int",
         "wf-connectors-int", "wf-connector-int", "connector-section-int", "connector-limits",
         "huge-float", "zero-interval", "negative-quota", "huge-int", "require-int",
-        "file-webhook", "space-webhook", "unknown-section"])
+        "file-webhook", "space-webhook", "unknown-section", "inf-backoff", "nan-base",
+        "huge-factor", "call-outlives-lease", "huge-heap"])
 def test_a_broken_policy_file_is_refused_with_the_key(tmp_path: Path, body: bytes,
                                                       says: str) -> None:
     path = tmp_path / "policy.toml"
@@ -69,3 +75,32 @@ def test_secrets_from_the_environment_must_be_text(tmp_path: Path) -> None:
         load_connections(path, environ={"TOKEN": "Bearer \udcff\udcfe"})
     assert "TOKEN" in info.value.message
     assert "\udcff" not in info.value.message
+
+
+@pytest.mark.parametrize("command", [["workflows"], ["init"], ["status"]])
+def test_a_home_that_is_a_file_is_a_clear_error(tmp_path: Path, command: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "not-a-dir"
+    home.write_text("x")
+    env = {**os.environ, "KEEPFLOW_HOME": str(home)}
+    env.pop("KEEPFLOW_DATABASE_URL", None)
+    res = subprocess.run([sys.executable, "-m", "keepflow.cli", *command], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 1
+    assert "KEEPFLOW_HOME" in res.stderr
+    assert "internal error" not in res.stderr
+
+
+def test_no_call_may_outlive_the_lease_that_protects_it() -> None:
+    """A mutation's call ends before the workflow's lease, renewed when the attempt was
+    recorded in_flight, could expire and another host take the run over."""
+    from keepflow.policies import MAX_CALL_SECONDS, TimeoutPolicy
+    from keepflow.store.store import LEASE_TTL
+
+    assert MAX_CALL_SECONDS < LEASE_TTL.total_seconds() - 30
+    for name in ("tool_call_seconds", "reconcile_call_seconds"):
+        limits = TimeoutPolicy.model_fields[name].metadata
+        assert any(getattr(m, "le", None) == MAX_CALL_SECONDS for m in limits), name

@@ -48,9 +48,14 @@ class HostileConnector(Connector):
     type_name: ClassVar[str] = "hostile"
     tools: ClassVar[Mapping[str, ToolSpec]] = {
         "fetch": ToolSpec("fetch", ToolKind.READ, "hostile.read", RiskTier.LOW, "a read"),
+        "store": ToolSpec("store", ToolKind.MUTATE, "hostile.write", RiskTier.LOW, "a write"),
     }
+    applied: ClassVar[list[str | None]] = []
 
     def call(self, call: ToolCall) -> Any:
+        if call.tool == "store":  # applied, and answers with far more than anyone needs
+            HostileConnector.applied.append(call.idempotency_key)
+            return {"echo": "e" * 6_000_000}
         how = call.params.get("how")
         if how == "crash":
             raise RuntimeError("plugin bug \ud800 with a lone surrogate in its message")
@@ -232,3 +237,28 @@ export default Keep.workflow({
   },
 });
 """
+
+
+def test_a_huge_mutation_result_is_kept_as_a_marker_and_next_runs(
+        hostile_host: Host, tmp_path: Path) -> None:
+    """It happened, so the run must go on: the result is cut to a marker (it could not even
+    be handed to next), noted on the run, and the mutation is never repeated."""
+    host = hostile_host
+    HostileConnector.applied.clear()
+    source = _workflow("huge", "plain").replace(
+        'await ctx.api.post({ url: "/huge", json: {} });', "await ctx.evil.store({});").replace(
+        "async next(ctx, prepared, mutation) { return null; }",
+        "async next(ctx, prepared, mutation) { return { got: mutation.result }; }")
+    deploy_source(host, tmp_path, source)
+    service.trigger(host, "huge", "seed")
+    out = service.trigger(host, "huge", "work")
+    assert out.status is RunStatus.COMMITTED, out.failure
+    assert len(HostileConnector.applied) == 1
+    detail = service.show_run(host, out.run_id)
+    [m] = detail["mutations"]
+    assert m["status"] == "applied"
+    assert m["result"]["truncated"] is True
+    assert m["result"]["bytes"] > 6_000_000
+    assert host.store.load_state(host.store.get_workflow("huge").id, "work")[1] == {
+        "got": m["result"]}
+    assert any("half of limits.message_bytes" in lg["message"] for lg in detail["logs"])

@@ -104,7 +104,7 @@ def resolve(store: Store, run_id: str, answer: Answer, actor: str) -> RunRecord:
     rec, m = _suspended_attempt(store, run_id)
     run = _draft(rec)
     now = store.clock()
-    who = f"user:{actor}"
+    who = f"user:{actor[:40]}"
     if answer == "try_again":
         if not m.can_reconcile:
             raise Conflict(f"'{m.description}' cannot be verified by its connector, so trying "

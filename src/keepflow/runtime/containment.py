@@ -58,8 +58,9 @@ def stop_run(host: Host, scope: RunScope, exc: Exception) -> bool:
     when nothing could be recorded (the caller re-raises)."""
     run = scope.run
     what = escape_text(f"{type(exc).__name__}: {exc}")[:500]
-    log.error("run %s (%s) stopped by an internal error: %s\n%s", run.id, run.handler, what,
-              escape_text("".join(traceback.format_exception(exc))))
+    stack = escape_text("".join(traceback.format_exception(exc)))[-16_000:]
+    # One line for the log; the traceback goes with the run (`keepflow run show RUN`).
+    log.error("run %s (%s) stopped by an internal error: %s", run.id, run.handler, what)
     failure = HostError(
         f"keepflow hit an internal error while running {run.handler} ({what}); the run "
         f"stopped at its last durable point. See {HELP}, then retry the run")
@@ -72,7 +73,7 @@ def stop_run(host: Host, scope: RunScope, exc: Exception) -> bool:
             run.failure = {
                 "class": failure.failure_class.value, "code": failure.code,
                 "message": failure.message, "phase": None, "handler": run.handler,
-                "versionId": run.version_id, "details": failure.to_dict(), "stack": "",
+                "versionId": run.version_id, "details": failure.to_dict(), "stack": stack,
                 "inputs": {},
             }
             move(run, RunStatus.FAILED, host.clock.now(), note=f"host error: {what}")

@@ -101,15 +101,16 @@ class Executor:
             limits=scope.policy.sandbox_limits(),
         )
         result = self.host.pool.invoke(inv, bridge, bridge.on_log)
-        after = getattr(result, "after_terminal", None) or []
-        for call in after:
-            if call.target in {"tool", "publish"}:
-                what = "a second mutation" if call.target == "tool" else "a publish"
-                raise PhaseViolation(
-                    f"{call.display}: {what} after the terminal mutation; the mutation must be "
-                    "the last thing mutate does "
-                    "(docs/execution-model.md#the-terminal-mutation)", phase=phase.value,
-                    call=call.display)
+        # SPEC §5.2: nothing may follow the terminal mutation; a call queued after it (in the
+        # same turn, since it never returns) means the script is wrong: nothing is performed.
+        for call in getattr(result, "after_terminal", None) or []:
+            mutating = call.tool in self.host.terminal_shape.get(call.connection or "", ())
+            what = ("a second mutation" if call.target == "tool" and mutating
+                    else "a publish" if call.target == "publish" else "a call")
+            raise PhaseViolation(
+                f"{call.display}: {what} after the terminal mutation; the mutation must be "
+                "the last thing mutate does (docs/execution-model.md#the-terminal-mutation)",
+                phase=phase.value, call=call.display)
         return result, bridge
 
     def new_run(self, wf: WorkflowRecord, version: VersionRecord, handler: str, kind: RunKind,

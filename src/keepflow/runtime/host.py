@@ -6,6 +6,7 @@ passes it explicitly.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ class Host:
         self.policies = policies or PolicyBook.load(self.settings.policy_file)
         self._pool = pool
         self._owns_pool = pool is None
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.owner = f"{_machine()}:{os.getpid()}:{new_id()[-8:]}"
         self.repair_hook: RepairHook = no_repair
         self.executor = Executor(self)
 
@@ -96,11 +97,19 @@ class Host:
         self.close()
 
 
+def _machine() -> str:
+    """This machine's name as lease owners carry it: at most 40 characters, so
+    ``machine:pid:nonce`` always fits the store's column (a host name may be 253)."""
+    name = socket.gethostname().replace(":", "_")
+    return name if len(name) <= 40 else name[:31] + "~" + hashlib.sha256(name.encode()
+                                                                          ).hexdigest()[:8]
+
+
 def dead_local_process(owner: str) -> bool:
     """Whether a lease owner ``host:pid:nonce`` names a process of this machine that is gone."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != _machine() or not pid_text.isdigit():
         return False
     try:
         os.kill(int(pid_text), 0)

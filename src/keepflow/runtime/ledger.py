@@ -45,6 +45,7 @@ from keepflow.runtime.bridge import DeclaredMutation, RunScope
 from keepflow.runtime.routing import route_indeterminate
 from keepflow.runtime.transitions import move
 from keepflow.runtime.values import json_size
+from keepflow.storable import escape_text
 from keepflow.store.rows import canonical_json
 from keepflow.store.store import Settle
 
@@ -115,7 +116,7 @@ def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
     mutation = scope.store.record_in_flight(run, scope.fence, draft, **reserve)
     t0 = time.perf_counter()
     try:
-        got = outside.call(connector, call)
+        got = outside.call(connector, call, _result_cap(scope, declared.connection))
     except UncertainOutcome as exc:
         faults.point("mutation.after_call")
         _log(scope, declared, call, t0, None, exc)
@@ -126,7 +127,8 @@ def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
         return _definitely_failed(scope, mutation, exc)
     except Exception as exc:
         faults.point("mutation.after_call")
-        cause = UncertainOutcome(f"{connector.type_name} raised {type(exc).__name__}: {exc}")
+        cause = UncertainOutcome(
+            f"{connector.type_name} raised {type(exc).__name__}: {escape_text(str(exc))}")
         _log(scope, declared, call, t0, None, cause)
         return reconcile_now(scope, mutation, connector, cause)
     faults.point("mutation.after_call")
@@ -146,7 +148,8 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
         return _indeterminate(scope, mutation, cause)
     try:
         answer = outside.reconcile(connector, replace(
-            call, timeout=scope.policy_for(mutation.connection).timeouts.reconcile_call_seconds))
+            call, timeout=scope.policy_for(mutation.connection).timeouts.reconcile_call_seconds),
+            _result_cap(scope, mutation.connection))
     except Exception as exc:
         detail = exc.message if isinstance(exc, ConnectorError) else f"{type(exc).__name__}"
         answer_outcome, answer_result, answer_detail = ReconcileOutcome.RETRY, None, detail
@@ -173,7 +176,7 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
                f"attempt(s) over {spent:.0f}s ({answer_detail or 'no answer'})")
         return _indeterminate(scope, mutation, cause, why=why, can_verify=True,
                               reconciled=True)
-    delay = min(policy.base_seconds * policy.factor ** (attempts - 1), policy.max_delay_seconds)
+    delay = policy.delay(attempts)
     if run.status is not RunStatus.SUSPENDED:
         move(run, RunStatus.SUSPENDED, now,
              note=f"reconciliation pending: {answer_detail or cause.message}")
@@ -183,6 +186,12 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
         reconcile_attempted=True, resolved_by="reconcile",
         next_reconcile_at=now + timedelta(seconds=delay)))
     return MutationOutcome(Outcome.SUSPENDED, rec, cause)
+
+
+def _result_cap(scope: RunScope, connection: str) -> int:
+    """A mutation's result is kept (it happened) but must still fit next's arguments together
+    with the PrepareResult: half of the largest message."""
+    return scope.policy_for(connection).limits.message_bytes // 2
 
 
 def _applied(scope: RunScope, mutation: MutationRecord, result: Any, *,

@@ -46,10 +46,16 @@ class Received:
     #: Characters replaced by U+FFFD (lone surrogates, NUL) and values written out as text.
     replaced: int = 0
     converted: int = 0
+    #: The whole value was larger than the caller keeps, and is a marker instead.
+    cut: bool = False
 
     def note(self, display: str) -> str | None:
         """A run-log line when the result was changed on the way in, else None."""
         parts = []
+        if self.cut:
+            parts.append(f"it was {self.size} bytes of JSON, more than keepflow keeps of a "
+                         "mutation's result (half of limits.message_bytes), so it is kept as "
+                         '{"truncated": true, "bytes": N}')
         if self.replaced:
             parts.append(f"{self.replaced} character(s) that are not valid text (lone "
                          "surrogates or NUL) were replaced by U+FFFD")
@@ -61,25 +67,34 @@ class Received:
                 "(docs/security.md#text-the-host-can-store)")
 
 
-def call(connector: Connector, tool_call: ToolCall) -> Received:
-    """``connector.call`` with its result and its typed errors made storable."""
+def call(connector: Connector, tool_call: ToolCall, max_bytes: int | None = None) -> Received:
+    """``connector.call`` with its result and its typed errors made storable; a result over
+    ``max_bytes`` (a mutation's: it happened, so it is kept, as a marker) is cut."""
     try:
         result = connector.call(tool_call)
     except ConnectorError as exc:
         clean_error(exc)
         raise
-    return received(result)
+    return _capped(received(result), max_bytes)
 
 
-def reconcile(connector: Connector, tool_call: ToolCall) -> ReconcileResult:
-    """``connector.reconcile`` with its answer made storable."""
+def reconcile(connector: Connector, tool_call: ToolCall, max_bytes: int | None = None
+              ) -> ReconcileResult:
+    """``connector.reconcile`` with its answer made storable (and capped like :func:`call`)."""
     try:
         answer = connector.reconcile(tool_call)
     except ConnectorError as exc:
         clean_error(exc)
         raise
     detail, _ = replace_unstorable(str(answer.detail))
-    return replace(answer, result=received(answer.result).value, detail=detail)
+    return replace(answer, result=_capped(received(answer.result), max_bytes).value,
+                   detail=detail)
+
+
+def _capped(got: Received, max_bytes: int | None) -> Received:
+    if max_bytes is None or got.size <= max_bytes:
+        return got
+    return replace(got, value={"truncated": True, "bytes": got.size}, cut=True)
 
 
 def received(value: Any) -> Received:

@@ -131,7 +131,7 @@ def prepare_result(value: Any, *, subscribed: frozenset[str], limit: int) -> Pre
     raw = value.get("reservations")
     if not isinstance(raw, list):
         raise InvalidResult(f"{where}; `reservations` is {_describe(raw)}")
-    merged: dict[str, list[str]] = {}
+    merged: dict[str, dict[str, None]] = {}  # topic -> ids in order, deduplicated in O(1)
     for i, r in enumerate(raw):
         if not isinstance(r, dict) or set(r) - {"topic", "ids"}:
             raise InvalidResult(f"{where}; reservations[{i}] must be {{topic, ids}}")
@@ -144,10 +144,9 @@ def prepare_result(value: Any, *, subscribed: frozenset[str], limit: int) -> Pre
         if not isinstance(ids, list) or not all(isinstance(x, (str, int)) and
                                                 not isinstance(x, bool) for x in ids):
             raise InvalidResult(f"{where}; reservations[{i}].ids must be a list of messageIds")
-        bucket = merged.setdefault(topic, [])
+        bucket = merged.setdefault(topic, {})
         for x in ids:
-            if str(x) not in bucket:
-                bucket.append(str(x))
+            bucket.setdefault(str(x), None)
     result = PrepareResult(
         reservations=tuple(Reservation(t, tuple(ids)) for t, ids in merged.items() if ids),
         data=value.get("data"),

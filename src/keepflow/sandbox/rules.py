@@ -31,13 +31,14 @@ NAME_RULE = (
 #: typed as CLI arguments, so nothing else (no control characters, no spaces) is allowed.
 HANDLER_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}")
 INTERVAL_RE = re.compile(r"([1-9][0-9]*)([smhd])")
+#: The longest interval: beyond it a cron schedule says what is meant (and dates stay in range).
+MAX_INTERVAL_SECONDS = 366 * 86_400
 #: The shortest producer interval allowed unless a policy says otherwise (docs/security.md).
 DEFAULT_MIN_INTERVAL_SECONDS = 30
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 SCHEDULE_HELP = (
     'a schedule is { interval: "30s" | "5m" | "2h" | "1d" } (a positive integer and a unit '
-    's/m/h/d) or { cron: "<minute hour day month weekday>", tz: "<IANA zone, optional>" } '
-    ""
+    's/m/h/d) or { cron: "<minute hour day month weekday>", tz: "<IANA zone, optional>" }'
 )
 PHASE_SIGNATURES = {
     "prepare": "async prepare(ctx, state)",
@@ -86,7 +87,11 @@ def parse_schedule(raw: Any) -> Schedule:
         match = INTERVAL_RE.fullmatch(value) if isinstance(value, str) else None
         if match is None:
             raise ScheduleError(f"interval {_show(value)} is invalid; {SCHEDULE_HELP}", "interval")
-        return Schedule("interval", interval_seconds=int(match[1]) * UNIT_SECONDS[match[2]])
+        seconds = int(match[1][:12]) * UNIT_SECONDS[match[2]]
+        if len(match[1]) > 12 or seconds > MAX_INTERVAL_SECONDS:
+            raise ScheduleError(f"interval {_show(value)} is longer than 366 days; use a cron "
+                                'schedule for rarer runs, e.g. { cron: "0 9 1 1 *" }', "interval")
+        return Schedule("interval", interval_seconds=seconds)
     if keys in ({"cron"}, {"cron", "tz"}):
         expr, tz = raw["cron"], raw.get("tz")
         if not isinstance(expr, str) or len(expr.split()) != 5:
@@ -462,4 +467,6 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 
 def _show(value: Any) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    """A script's value quoted in a message, at most 80 characters of it."""
+    text = f'"{value}"' if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "…" + text[-2:]

@@ -27,6 +27,7 @@ from typing import Literal
 
 from keepflow.errors import Conflict, KeepflowError, NotFound
 from keepflow.model import RunKind, RunStatus, WorkflowRecord, WorkflowStatus
+from keepflow.policies import backoff
 from keepflow.runtime.executor import RunOutcome
 from keepflow.sandbox.rules import WorkflowManifest
 from keepflow.scheduler import timing
@@ -42,7 +43,7 @@ CRASH_BACKOFF_MAX_SECONDS = 300.0
 
 def crash_backoff(crashes: int) -> float:
     """Seconds a workflow is held back after its ``crashes``-th crash in a row (pure)."""
-    return min(CRASH_BACKOFF_SECONDS * 2.0 ** max(0, crashes - 1), CRASH_BACKOFF_MAX_SECONDS)
+    return backoff(CRASH_BACKOFF_SECONDS, 2.0, crashes, CRASH_BACKOFF_MAX_SECONDS)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
 
+from keepflow.errors import ConfigError
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 #: Execution option marking a read-only transaction (SQLite then uses a deferred BEGIN).
@@ -32,7 +34,13 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 def _sqlite_engine(url: str, echo: bool) -> Engine:
     path = url.split("///", 1)[-1]
     if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use {folder} for the store: {exc.strerror or exc} (check "
+                              "KEEPFLOW_HOME: it must be a directory keepflow may write)"
+                              ) from None
     engine = create_engine(
         url, echo=echo, pool_size=5, max_overflow=10,
         connect_args={"check_same_thread": False, "timeout": 60},

@@ -285,7 +285,7 @@ audit_log = Table(
     Column("actor", String(64), nullable=False),
     Column("action", String(64), nullable=False),
     Column("target_type", String(32), nullable=False),
-    Column("target_id", String(128), nullable=False),
+    Column("target_id", Text, nullable=False),  # e.g. workflow/topic/messageId
     Column("before", JsonType),
     Column("after", JsonType),
     Column("detail", Text),

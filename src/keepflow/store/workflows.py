@@ -62,7 +62,7 @@ def add_version_txn(
     conn.execute(insert(script_versions).values(
         id=vid, workflow_id=workflow_id, major=major, minor=minor, source=source,
         source_sha256=source_sha256, manifest=manifest, findings=findings,
-        created_by=created_by, created_at=now))
+        created_by=created_by[:ACTOR_MAX], created_at=now))
     conn.execute(update(workflows).where(workflows.c.id == workflow_id)
                  .values(current_version_id=vid, updated_at=now))
     return version(conn, vid)
@@ -175,6 +175,9 @@ def check_fence_txn(conn: Connection, fence: Fence, ttl: timedelta, now: datetim
         )
 
 
+#: Who did something, as the store keeps it (a longer KEEPFLOW_ACTOR is cut).
+ACTOR_MAX = 40
+
 _CHARGE = (
     update(workflows).where(workflows.c.id == bindparam("b_id"))
     .values(stored_bytes=workflows.c.stored_bytes + bindparam("b_n"))
@@ -217,8 +220,8 @@ def audit_txn(conn: Connection, *, actor: str, action: str, target_type: str, ta
               before: Any = None, after: Any = None, detail: str | None = None,
               now: datetime) -> None:
     conn.execute(insert(audit_log).values(
-        at=now, actor=actor, action=action, target_type=target_type, target_id=target_id,
-        before=before, after=after, detail=detail))
+        at=now, actor=actor[:ACTOR_MAX], action=action, target_type=target_type,
+        target_id=target_id, before=before, after=after, detail=detail))
 
 
 def audit_entries(conn: Connection, target_type: str | None = None,

@@ -4,7 +4,11 @@ layer and the scheduler loop.
 Security: loopback by default; with an access token every request needs
 ``Authorization: Bearer <token>``; state-changing requests need the header
 ``X-Keepflow-Request: 1``, which a browser cannot add to a cross-site request without a CORS
-preflight that this API never grants (CSRF protection).
+preflight that this API never grants (CSRF protection). Without a token the ``Host`` header
+must name this machine's loopback (``127.0.0.1``, ``localhost``, ``[::1]``): a page on a
+domain that an attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin with its own
+name, could add the header itself, and would otherwise reach the API
+(docs/security.md#the-api).
 """
 
 from __future__ import annotations
@@ -26,6 +30,17 @@ from keepflow.scheduler.loop import SchedulerLoop
 from keepflow.views import outcome_view
 
 CSRF_HEADER = "x-keepflow-request"
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+
+
+def _loopback_host(header: str) -> bool:
+    """Whether a ``Host`` header names loopback (with or without a port)."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        host = host.split("]", 1)[0] + "]"
+    else:
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return host in LOOPBACK_NAMES
 _STATUS = {NotFound: 404, Conflict: 409, UsageError: 400}
 
 
@@ -56,6 +71,12 @@ def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
             if not hmac.compare_digest(given, f"Bearer {token}"):
                 return JSONResponse({"error": {"code": "unauthorized", "message":
                                      "missing or wrong access token"}}, status_code=401)
+        elif not _loopback_host(request.headers.get("host", "")):
+            return JSONResponse({"error": {"code": "host", "message":
+                                 "this API answers only requests addressed to 127.0.0.1, "
+                                 "localhost or [::1]; to serve other names, set "
+                                 "KEEPFLOW_API_TOKEN (docs/security.md#the-api)"}},
+                                status_code=403)
         if request.method not in ("GET", "HEAD") and request.headers.get(CSRF_HEADER) != "1":
             return JSONResponse({"error": {"code": "csrf", "message":
                                  f"state-changing requests need the header {CSRF_HEADER}: 1"}},
