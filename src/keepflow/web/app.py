@@ -27,6 +27,7 @@ from keepflow import __version__, service
 from keepflow.errors import Conflict, KeepflowError, NotFound, UsageError
 from keepflow.runtime.host import Host
 from keepflow.scheduler.loop import SchedulerLoop
+from keepflow.storable import first_unstorable
 from keepflow.views import outcome_view
 
 CSRF_HEADER = "x-keepflow-request"
@@ -77,6 +78,12 @@ def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
                                  "localhost or [::1]; to serve other names, set "
                                  "KEEPFLOW_API_TOKEN (docs/security.md#the-api)"}},
                                 status_code=403)
+        texts = [request.scope.get("path", ""), *request.query_params.keys(),
+                 *request.query_params.values()]
+        if any(first_unstorable(t) is not None for t in texts):
+            return JSONResponse({"error": {"code": "usage", "message":
+                                 "the request's path or query holds characters that are not "
+                                 "valid text (NUL or a lone surrogate)"}}, status_code=400)
         if request.method not in ("GET", "HEAD") and request.headers.get(CSRF_HEADER) != "1":
             return JSONResponse({"error": {"code": "csrf", "message":
                                  f"state-changing requests need the header {CSRF_HEADER}: 1"}},
