@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from keepflow.connectors.http_settings import RedactingLogFilter
+from keepflow.connectors.http_transport import DeadlineTransport, deadline_in
 from keepflow.connectors.secret import Redactor
 from keepflow.model import NotificationKind, NotificationRecord, WorkflowStatus
 from keepflow.policies import Policy, PolicyBook
@@ -177,21 +178,38 @@ def _redactor(url: str) -> Redactor:
 
 def _post(client: httpx.Client, url: str, rec: NotificationRecord, timeout: float
           ) -> str | None:
-    """One attempt; None when the receiver answered 2xx, else what went wrong (no secrets)."""
+    """One attempt; None when the receiver answered 2xx, else what went wrong (no secrets).
+
+    Only the status matters, so the answer's body is never read (a receiver cannot send a
+    decompression bomb or trickle a body forever), and the whole attempt — connecting, the
+    request, the status line — ends by ``webhook_timeout_seconds`` when ``client`` was made
+    by :func:`webhook_client` (docs/operations.md#notifications).
+    """
     redact = _redactor(url)
     masking = RedactingLogFilter(redact)  # httpx logs request URLs
     logging.getLogger("httpx").addFilter(masking)
     try:
-        res = client.post(url, json=payload(rec), timeout=timeout, headers={
-            "Content-Type": "application/json",
-            "Idempotency-Key": f"keepflow-notification-{rec.id}"})
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        with deadline_in(timeout), client.stream(
+                "POST", url, json=payload(rec), timeout=timeout, headers={
+                    "Content-Type": "application/json", "Accept-Encoding": "identity",
+                    "Idempotency-Key": f"keepflow-notification-{rec.id}"}) as res:
+            status, reason = res.status_code, res.reason_phrase
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        # UnicodeError: a host name in IDNA form that does not decode ("xn--…").
         return redact.text(f"{type(exc).__name__}: {exc}")[:500]
     finally:
         logging.getLogger("httpx").removeFilter(masking)
-    if 200 <= res.status_code < 300:
+    if 200 <= status < 300:
         return None
-    return f"HTTP {res.status_code} {res.reason_phrase}".strip()
+    return redact.text(f"HTTP {status} {reason[:200]}".strip())
+
+
+def webhook_client() -> httpx.Client:
+    """The HTTP client for webhooks: no environment proxies, no redirects, and every
+    attempt bounded by its deadline (:class:`~keepflow.connectors.http_transport.
+    DeadlineTransport`)."""
+    return httpx.Client(transport=DeadlineTransport(), trust_env=False,
+                        follow_redirects=False)
 
 
 # ---------------------------------------------------------------------------- surfaces
@@ -234,7 +252,7 @@ class Notifier:
             return
         with self._lock:
             if self._client is None:
-                self._client = httpx.Client(trust_env=False, follow_redirects=False)
+                self._client = webhook_client()
             client = self._client
         deliver_webhooks(self.store, self.policies, now, client)
 

@@ -18,7 +18,12 @@ Environment proxies and ``.netrc`` are ignored on purpose (``trust_env=False``).
 Scripts are untrusted and so is every server: without ``allow`` a connection reaches only
 public addresses, checked on the address actually connected to, for every request and every
 redirect hop (:mod:`keepflow.connectors.http_egress`); every byte that comes back is redacted
-before it is cut to a size limit (:class:`~keepflow.connectors.secret.Redactor`).
+before it is cut to a size limit (:class:`~keepflow.connectors.secret.Redactor`). A server
+also controls its pace and its encodings: the whole exchange ends by the call's deadline
+(:mod:`keepflow.connectors.http_transport`), a body is bounded while it is decoded and its
+charset cannot make decoding fail (:mod:`keepflow.connectors.http_body`), and once the status
+is known nothing can make the outcome uncertain (:func:`~keepflow.connectors.http_classify.
+settle`).
 """
 
 from __future__ import annotations
@@ -42,14 +47,17 @@ from keepflow.connectors.base import (
     ToolKind,
     ToolSpec,
 )
-from keepflow.connectors.http_classify import (
-    build_result,
-    read_body,
-    status_error,
-    transport_error,
+from keepflow.connectors.http_body import ACCEPT_ENCODING, read_body
+from keepflow.connectors.http_classify import settle, transport_error
+from keepflow.connectors.http_egress import (
+    EgressPolicy,
+    EgressRefused,
+    Origin,
+    Resolver,
+    system_resolver,
 )
-from keepflow.connectors.http_egress import EgressPolicy, EgressRefused, Origin, Resolver
 from keepflow.connectors.http_settings import (
+    CREDENTIAL_HEADERS,
     HTTP_LOGGERS,
     RESERVED_HEADERS,
     TOKEN,
@@ -57,7 +65,12 @@ from keepflow.connectors.http_settings import (
     allowed_origins,
     check_settings,
 )
-from keepflow.connectors.http_transport import GuardedTransport
+from keepflow.connectors.http_transport import (
+    GuardedTransport,
+    deadline_in,
+    remaining,
+    resolve_within,
+)
 from keepflow.connectors.registry import register_connector
 from keepflow.connectors.secret import Redactor, Secret, reveal, secret_values
 from keepflow.errors import ConnectorError, PermanentError, PermissionDenied
@@ -68,6 +81,9 @@ _PARAMS = frozenset({"url", "headers", "json", "body", "query", "timeout", "reco
 KEY_PLACEHOLDER = "{idempotencyKey}"
 CONNECT_TIMEOUT = 10.0
 MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_httpx_log = logging.getLogger("httpx")
+log = logging.getLogger("keepflow.connectors.http")
 
 
 def _read(name: str, description: str) -> ToolSpec:
@@ -125,17 +141,24 @@ class HttpConnector(Connector):
         explicit = allowed_origins(settings)
         if self._base is not None:
             explicit.append(Origin.of(self._base))
-        kwargs = {"resolver": resolver} if resolver is not None else {}
+        # docs/connectors.md#http-deadline: a name lookup ends with the call, too.
         self._egress = EgressPolicy(
             explicit=explicit, restricted="allow" in settings,
-            proxy=Origin.of(httpx.URL(proxy)) if proxy is not None else None, **kwargs)
+            proxy=Origin.of(httpx.URL(proxy)) if proxy is not None else None,
+            resolver=resolve_within(resolver or system_resolver))
+        self._transport = GuardedTransport(self._egress, verify=settings.get("verify", True),
+                                           proxy=proxy)
+        # The client only builds requests; _send hands them to the transport itself, so no
+        # hidden logic runs on a server's answer: redirects are followed hop by hop there
+        # (httpx would parse a hostile Location even when not following it), and nothing
+        # is kept between calls (no cookie jar: one server's Set-Cookie must not ride along
+        # on the requests of every other workflow that uses this connection).
         self._client = httpx.Client(
-            transport=GuardedTransport(self._egress, verify=settings.get("verify", True),
-                                       proxy=proxy),
+            transport=self._transport,
             trust_env=False,
             follow_redirects=False,
-            max_redirects=MAX_REDIRECTS,
-            event_hooks={"request": [self._strip_credentials_off_origin]},
+            # Only codings read_body can decode within its bound (a gzip bomb cannot).
+            headers={"Accept-Encoding": ACCEPT_ENCODING},
         )
         # httpx logs every request URL at INFO, httpcore response headers at DEBUG: a secret
         # base_url (a webhook) or an echoed token must not leak there.
@@ -236,26 +259,83 @@ class HttpConnector(Connector):
             raise PermanentError(
                 f"{what}: the request could not be built ({type(exc).__name__}: "
                 f"{self._redact.text(str(exc))}); nothing was sent", sent=False) from None
-        try:
-            response = self._client.send(request, stream=True, follow_redirects=not mutate)
-        except EgressRefused as exc:
-            raise self._refused(what, exc) from None
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, mutate=mutate, what=what,
-                                  redact=self._redact.text) from None
-        try:
-            body, truncated = read_body(response)
-        finally:
-            response.close()
+        # docs/connectors.md#http-deadline: connecting, TLS, 1xx answers, headers, every
+        # redirect hop and the body all end by the call's deadline.
+        with deadline_in(req.timeout):
+            response = self._send(request, headers, what, mutate=mutate,
+                                  deadline=req.timeout)
+            # The status is known from here on: nothing below may make the outcome
+            # uncertain (SPEC §6). A body that breaks off is returned as far as it got.
+            try:
+                body, truncated = read_body(response)
+            except Exception as exc:  # a bug, never the server's say: the status decides
+                log.warning("the body of %s could not be read (%s); only its status is kept",
+                            what, type(exc).__name__)
+                body, truncated = b"", True
+            finally:
+                response.close()
         # Redacted before anything is cut to a limit (the result, the error snippet).
-        result = build_result(response, body, truncated, self._redact)
-        if raw:
+        result, error = settle(response, body, truncated, mutate=mutate, what=what,
+                               redact=self._redact)
+        if raw or error is None:
             return result
-        error = status_error(response, mutate=mutate, what=what, body=body,
-                             redact=self._redact)
-        if error is not None:
-            raise error
-        return result
+        raise error
+
+    def _send(self, request: httpx.Request, headers: dict[str, str], what: str, *,
+              mutate: bool, deadline: float) -> httpx.Response:
+        """Send ``request``; a read follows up to :data:`MAX_REDIRECTS` redirects, each hop
+        checked like a new request (egress, a valid URL) and its body never read."""
+        for _hop in range(MAX_REDIRECTS + 1):
+            self._strip_credentials_off_origin(request)
+            try:
+                response = self._transport.handle_request(request)
+            except EgressRefused as exc:
+                raise self._refused(what, exc) from None
+            except httpx.HTTPError as exc:
+                raise transport_error(exc, mutate=mutate, what=what, redact=self._redact.text,
+                                      deadline=deadline) from None
+            response.request = request
+            # The line httpx's client would log (its logger carries our RedactingLogFilter).
+            _httpx_log.info('HTTP Request: %s %s "%s %d %s"', request.method, request.url,
+                            response.http_version, response.status_code,
+                            response.reason_phrase)
+            if mutate or response.status_code not in _REDIRECTS or \
+                    "location" not in response.headers:
+                return response
+            response.close()
+            request = self._redirect(request, headers, response.headers["location"], what)
+        raise PermanentError(f"{what}: more than {MAX_REDIRECTS} redirects; the last one was "
+                             "not followed", sent=False)
+
+    def _redirect(self, request: httpx.Request, headers: dict[str, str], location: str,
+                  what: str) -> httpx.Request:
+        """The next hop of a read (RFC 9110 §15.4), or a definite failure if a server's
+        ``Location`` is no URL we can follow."""
+        url: httpx.URL | None
+        try:
+            url = request.url.join(location)
+            url.host  # noqa: B018 - decodes the IDNA name: "xn--localhost" raises here
+        except (httpx.InvalidURL, UnicodeError, ValueError):  # e.g. control characters
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.raw_host or \
+                url.userinfo:
+            shown, _ = self._redact.cut(location, 200)
+            raise PermanentError(
+                f"{what}: the server redirected to {shown!a}, which is not a valid "
+                "http(s) URL without credentials; it was not followed "
+                "(docs/connectors.md#http-failure-classification)", sent=False)
+        hop = dict(headers)
+        if _origin(url) != _origin(request.url):  # credentials never follow a redirect away
+            hop = {k: v for k, v in hop.items() if k.lower() not in CREDENTIAL_HEADERS}
+        # The socket operations obey the deadline by themselves; waiting for a free pooled
+        # connection does not, so its timeout shrinks to what is left.
+        timeout = dict(request.extensions.get("timeout", {}))
+        left = remaining()
+        if left is not None:
+            pool = timeout.get("pool")
+            timeout["pool"] = max(0.0, left if pool is None else min(pool, left))
+        return self._client.build_request(request.method, url, headers=hop,
+                                          extensions={"timeout": timeout})
 
     def _refused(self, what: str, exc: EgressRefused) -> PermissionDenied:
         """SPEC §8 ``permission``: definite, nothing was sent (the ledger records ``failed``)."""
@@ -337,10 +417,13 @@ class HttpConnector(Connector):
             return self._base  # "" means the base_url itself (e.g. a webhook URL)
         try:
             url = httpx.URL(raw)
-        except httpx.InvalidURL:
-            raise PermanentError(f"{self.name}: {field} is not a valid URL", field=field) from None
+            url.host  # noqa: B018 - decodes an IDNA name: "xn--localhost" raises here
+        except (httpx.InvalidURL, UnicodeError, ValueError):
+            raise PermanentError(
+                f"{self.name}: {field} is not a valid URL (a host name in IDNA form must "
+                "decode; see docs/connectors.md#http)", field=field) from None
         if url.is_absolute_url:
-            if url.scheme not in ("http", "https") or not url.host:
+            if url.scheme not in ("http", "https") or not url.raw_host:
                 raise PermanentError(f"{self.name}: {field} must be an http(s) URL", field=field)
             if url.userinfo:
                 raise PermanentError(f"{self.name}: {field} must not contain credentials",
@@ -376,9 +459,9 @@ class HttpConnector(Connector):
                 request.headers.pop(name, None)
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+def _origin(url: httpx.URL) -> tuple[str, bytes, int | None]:
     default = {"http": 80, "https": 443}.get(url.scheme)
-    return url.scheme, url.host, url.port or default
+    return url.scheme, url.raw_host, url.port or default
 
 
 def _bad(connector: Connector, tool: str, field: str, problem: str) -> PermanentError:

@@ -144,9 +144,10 @@ def parse_origin(raw: str) -> Origin:
     """An ``allow`` entry: exactly ``scheme://host[:port]``. Raises ``ValueError`` (why)."""
     try:
         url = httpx.URL(raw)
-    except httpx.InvalidURL:
+        url.host  # noqa: B018 - decodes an IDNA name: "xn--localhost" raises here
+    except (httpx.InvalidURL, UnicodeError, ValueError):
         raise ValueError("is not a valid URL") from None
-    if url.scheme not in DEFAULT_PORTS or not url.host:
+    if url.scheme not in DEFAULT_PORTS or not url.raw_host:
         raise ValueError("must start with http:// or https:// and name a host")
     if url.userinfo or url.query or url.fragment or url.path not in ("", "/") or "*" in raw:
         raise ValueError("must be an origin only: scheme, host and optional port — no path, "

@@ -43,9 +43,10 @@ def check_settings(settings: Mapping[str, Any]) -> None:
             raise ConfigError("must be a string", key="base_url")
         try:
             url = httpx.URL(reveal(base))
-        except httpx.InvalidURL:
+            url.host  # noqa: B018 - decodes an IDNA name: "xn--localhost" raises here
+        except (httpx.InvalidURL, UnicodeError, ValueError):
             raise ConfigError("is not a valid URL", key="base_url") from None
-        if url.scheme not in ("http", "https") or not url.host or url.query or url.fragment:
+        if url.scheme not in ("http", "https") or not url.raw_host or url.query or url.fragment:
             raise ConfigError("must be an http(s) URL without query or fragment",
                               key="base_url")
     headers = settings.get("headers", {})
@@ -82,9 +83,10 @@ def check_settings(settings: Mapping[str, Any]) -> None:
             raise ConfigError("must be a URL string", key="proxy")
         try:
             proxy_url = httpx.URL(reveal(proxy))
-        except httpx.InvalidURL:
+            proxy_url.host  # noqa: B018 - decodes an IDNA name
+        except (httpx.InvalidURL, UnicodeError, ValueError):
             raise ConfigError("is not a valid URL", key="proxy") from None
-        if proxy_url.scheme not in ("http", "https") or not proxy_url.host:
+        if proxy_url.scheme not in ("http", "https") or not proxy_url.raw_host:
             raise ConfigError("must be an http:// or https:// proxy URL", key="proxy")
     allowed_origins(settings)
 

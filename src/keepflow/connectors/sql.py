@@ -13,13 +13,14 @@ conflict (``PermanentError``). Reconcile strategies and their limits are in
 
 Settings: ``url`` (``sqlite:////abs/path.db`` or ``postgresql+psycopg://…``; a URL with a
 password belongs in ``url_env``), ``tables`` (allow-list, enforced on what the database will
-touch: :mod:`sql_allow`), ``schema`` (PostgreSQL), and ``max_rows`` (row cap of ``query``).
+touch: :mod:`sql_allow`), ``schema`` (PostgreSQL), ``max_rows`` (row cap of ``query``) and
+``max_bytes`` (byte cap of every result, enforced while it is read: :mod:`sql_limits`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
@@ -42,24 +43,23 @@ from keepflow.connectors.base import (
 from keepflow.connectors.registry import register_connector
 from keepflow.connectors.secret import Redactor, Secret, reveal, secret_values
 from keepflow.connectors.sql_allow import AllowList, shown
-from keepflow.connectors.sql_allow_pg import check_query
 from keepflow.connectors.sql_allow_sqlite import guarded
 from keepflow.connectors.sql_db import CONNECT_TIMEOUT, Database, normalize_url
 from keepflow.connectors.sql_guard import check_select
-from keepflow.connectors.sql_params import QueryParams, RowParams, parse
-from keepflow.connectors.sql_schema import (
-    Schema,
-    TableInfo,
-    bind,
-    coerce,
-    row_json,
-    same_value,
-    to_json,
+from keepflow.connectors.sql_limits import (
+    DEFAULT_MAX_BYTES,
+    MAX_MAX_BYTES,
+    MIN_MAX_BYTES,
+    ResultLimits,
 )
+from keepflow.connectors.sql_params import QueryParams, RowParams, parse
+from keepflow.connectors.sql_query import RESERVED_BINDS, QueryRunner
+from keepflow.connectors.sql_rows import Fetched, RowReader
+from keepflow.connectors.sql_schema import Schema, TableInfo, bind, coerce, same_value
 from keepflow.errors import ConfigError, ConnectorError, PermanentError, PreconditionError
 
 DEFAULT_MAX_ROWS = 1000
-_SETTINGS = frozenset({"url", "tables", "schema", "max_rows"})
+_SETTINGS = frozenset({"url", "tables", "schema", "max_rows", "max_bytes"})
 
 
 def _write(name: str, description: str) -> ToolSpec:
@@ -88,14 +88,17 @@ class SqlConnector(Connector):
         s = config.settings
         url = normalize_url(sa.make_url(reveal(s["url"])))
         self._redact = Redactor([*secret_values(s), *([url.password] if url.password else [])])
-        self._db = Database(url, schema=s.get("schema"), redact=self._redact)
+        limits = ResultLimits(self.name, int(s.get("max_bytes", DEFAULT_MAX_BYTES)),
+                              int(s.get("max_rows", DEFAULT_MAX_ROWS)))
+        self._db = Database(url, schema=s.get("schema"), redact=self._redact, limits=limits)
         self._sqlite = self._db.sqlite
-        self._max_rows = int(s.get("max_rows", DEFAULT_MAX_ROWS))
         tables = s.get("tables")
         self._pg_schema: str | None = s.get("schema")
         self._allow = AllowList(self.name, frozenset(tables)) if tables is not None else None
         self._schema = Schema(schema=self._pg_schema, sqlite=self._sqlite,
                               connection=self.name, allow=self._allow)
+        self._queries = QueryRunner(self._db, limits, self._allow, self._pg_schema)
+        self._rows = RowReader(limits, self._sqlite)
 
     def __repr__(self) -> str:
         backend = "sqlite" if self._sqlite else "postgresql"
@@ -141,6 +144,12 @@ class SqlConnector(Connector):
         rows = settings.get("max_rows", DEFAULT_MAX_ROWS)
         if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= 100_000:
             raise ConfigError("must be an integer between 1 and 100000", key="max_rows")
+        size = settings.get("max_bytes", DEFAULT_MAX_BYTES)
+        if isinstance(size, bool) or not isinstance(size, int) or not (
+                MIN_MAX_BYTES <= size <= MAX_MAX_BYTES):
+            raise ConfigError(f"must be an integer between {MIN_MAX_BYTES} and {MAX_MAX_BYTES} "
+                              "(bytes of JSON a result may have; see "
+                              "docs/connectors.md#sql-result-size)", key="max_bytes")
 
     # -- declarations ------------------------------------------------------------------------
 
@@ -175,13 +184,15 @@ class SqlConnector(Connector):
                 with self._db.transaction(what, call.timeout, read_only=True) as conn:
                     info = self._table(conn, parsed)
                     with self._guard_rows(conn, info, write=False):
-                        return {"row": row_json(self._select(conn, info, parsed.key))}
-            action: Callable[[sa.Connection, TableInfo, RowParams], dict[str, Any]] = getattr(
-                self, f"_{call.tool}")
+                        found = self._rows.read(conn, info, self._key_clause(info, parsed.key),
+                                                what=what, marked=False)
+                        return {"row": None if found is None else found.row}
+            action: Callable[[sa.Connection, TableInfo, RowParams, str], dict[str, Any]] = (
+                getattr(self, f"_{call.tool}"))
             with self._db.transaction(what, call.timeout, read_only=False) as conn:
                 info = self._table(conn, parsed)
                 with self._guard_rows(conn, info, write=True):
-                    return action(conn, info, parsed)
+                    return action(conn, info, parsed, what)
         except ConnectorError:
             self._schema.forget(parsed.table)  # the table may have changed: reflect it again
             raise
@@ -192,29 +203,35 @@ class SqlConnector(Connector):
             row = self._parse(call)
             if not isinstance(row, RowParams):
                 raise PermanentError(f"{self.name}.{call.tool} does not mutate")
-            with self._db.transaction(self.describe(call), call.timeout, read_only=True) as conn:
+            what = self.describe(call)
+            with self._db.transaction(what, call.timeout, read_only=True) as conn:
                 info = self._table(conn, row)
+                where = self._key_clause(info, row.key)
                 with self._guard_rows(conn, info, write=False):
-                    found = self._select(conn, info, row.key)
                     if call.tool == "delete":
+                        present = self._rows.exists(conn, info, where)
+                        found: Fetched | None = None
                         differ: list[str] | None = None
                     else:
                         differ = self._differences(conn, info, row.key,
                                                    {**row.values, **row.key})
+                        present = differ is not None
+                        # The result of an applied mutation: markers, never a failure.
+                        found = self._rows.read(conn, info, where, what=what, marked=True) \
+                            if differ == [] else None
         except ConnectorError as exc:
             return ReconcileResult(ReconcileOutcome.RETRY, detail=exc.message)
         if call.tool == "delete":
-            if found is None:
+            if not present:
                 return ReconcileResult(ReconcileOutcome.APPLIED, {"rowCount": 1, "row": None},
                                        "the row is gone")
             return ReconcileResult(ReconcileOutcome.FAILED, None, "the row is still there")
-        if found is None:
+        if not present:
             return ReconcileResult(ReconcileOutcome.FAILED, None, "no row has this key")
-        if not differ:
-            return ReconcileResult(ReconcileOutcome.APPLIED,
-                                   {"rowCount": 1, "row": row_json(found)},
+        if found is not None:
+            return ReconcileResult(ReconcileOutcome.APPLIED, _result(1, found),
                                    "the row has the values the mutation wrote")
-        detail = f"the row with this key differs in: {', '.join(differ)}"
+        detail = f"the row with this key differs in: {', '.join(differ or ['?'])}"
         if call.tool == "insert":  # someone else's row, or ours edited since: cannot tell
             return ReconcileResult(ReconcileOutcome.RETRY, None, detail)
         return ReconcileResult(ReconcileOutcome.FAILED, None, detail)
@@ -230,8 +247,8 @@ class SqlConnector(Connector):
 
     def _query(self, what: str, timeout: float, sql: str, params: dict[str, Any]) -> Any:
         checked = check_select(sql, sqlite=self._sqlite)
-        if "kf_limit" in checked.binds:
-            raise PermanentError("params.sql: the parameter name :kf_limit is reserved",
+        for name in sorted(checked.binds & RESERVED_BINDS):
+            raise PermanentError(f"params.sql: the parameter name :{name} is reserved",
                                  field="sql")
         for name in sorted(checked.binds - set(params)):
             raise PermanentError(f"params.params.{name} is missing (used as :{name})",
@@ -239,44 +256,37 @@ class SqlConnector(Connector):
         for name in sorted(set(params) - checked.binds):
             raise PermanentError(f"params.params.{name} is not used in the SQL",
                                  field=f"params.{name}")
-        # One statement with a bound parameter; the server applies the row cap.
-        # checked.sql is the script's own statement, validated above; values are bound.
-        stmt = sa.text(f"SELECT * FROM ({checked.sql}\n) AS kf_q LIMIT :kf_limit")  # noqa: S608
-        args = {**params, "kf_limit": self._max_rows + 1}
-        with self._db.transaction(what, timeout, read_only=True) as conn:
-            keys, raw = self._run_query(conn, stmt, args)
-        names = _unique(keys)
-        rows = [dict(zip(names, (to_json(v) for v in r), strict=True)) for r in raw]
-        out: dict[str, Any] = {"rows": rows[: self._max_rows]}
-        out["rowCount"] = len(out["rows"])
-        if len(rows) > self._max_rows:
-            out["truncated"] = True
-        return out
+        return self._queries.run(what, timeout, checked.sql, params)
 
-    def _insert(self, conn: sa.Connection, info: TableInfo, row: RowParams) -> dict[str, Any]:
-        existing = self._select(conn, info, row.key, lock=True)
+    def _insert(self, conn: sa.Connection, info: TableInfo, row: RowParams,
+                what: str) -> dict[str, Any]:
+        where = self._key_clause(info, row.key)
         full = {**row.values, **row.key}
-        if existing is not None:
+        if self._rows.exists(conn, info, where, lock=True):
             differ = self._differences(conn, info, row.key, full)
             if not differ:
-                return {"rowCount": 0, "row": row_json(existing), "alreadyPresent": True}
+                found = self._rows.read(conn, info, where, what=what, marked=True)
+                assert found is not None  # the row is locked by this transaction
+                return {**_result(0, found), "alreadyPresent": True}
             raise PermanentError(
                 f"insert into '{info.table.name}': a different row with this key already "
                 f"exists (unique conflict; it differs in: {', '.join(differ or [])})",
                 conflict=True, columns=differ)
         conn.execute(sa.insert(info.table).values(self._assignments(info, full)))
-        return {"rowCount": 1, "row": row_json(self._select(conn, info, row.key))}
+        return self._written(conn, info, where, what)
 
-    def _update(self, conn: sa.Connection, info: TableInfo, row: RowParams) -> dict[str, Any]:
-        if self._select(conn, info, row.key, lock=True) is None:
+    def _update(self, conn: sa.Connection, info: TableInfo, row: RowParams,
+                what: str) -> dict[str, Any]:
+        where = self._key_clause(info, row.key)
+        if not self._rows.exists(conn, info, where, lock=True):
             raise PreconditionError(f"update '{info.table.name}': no row has this key",
                                     table=info.table.name)
-        result = conn.execute(sa.update(info.table).where(*self._key_clause(info, row.key))
+        result = conn.execute(sa.update(info.table).where(*where)
                               .values(self._assignments(info, row.values)))
-        return {"rowCount": result.rowcount,
-                "row": row_json(self._select(conn, info, row.key))}
+        return self._written(conn, info, where, what, count=result.rowcount)
 
-    def _upsert(self, conn: sa.Connection, info: TableInfo, row: RowParams) -> dict[str, Any]:
+    def _upsert(self, conn: sa.Connection, info: TableInfo, row: RowParams,
+                what: str) -> dict[str, Any]:
         insert = sqlite_dialect.insert if self._sqlite else pg_dialect.insert
         stmt = insert(info.table).values(self._assignments(info, {**row.values, **row.key}))
         targets = [info.table.c[k] for k in row.key]
@@ -286,34 +296,28 @@ class SqlConnector(Connector):
             conn.execute(stmt.on_conflict_do_update(index_elements=targets, set_=assigned))
         else:
             conn.execute(stmt.on_conflict_do_nothing(index_elements=targets))
-        return {"rowCount": 1, "row": row_json(self._select(conn, info, row.key))}
+        return self._written(conn, info, self._key_clause(info, row.key), what)
 
-    def _delete(self, conn: sa.Connection, info: TableInfo, row: RowParams) -> dict[str, Any]:
-        existing = self._select(conn, info, row.key, lock=True)
+    def _delete(self, conn: sa.Connection, info: TableInfo, row: RowParams,
+                what: str) -> dict[str, Any]:
+        where = self._key_clause(info, row.key)
+        existing = self._rows.read(conn, info, where, what=what, marked=True, lock=True)
         if existing is None:
             raise PreconditionError(f"delete in '{info.table.name}': no row has this key",
                                     table=info.table.name)
-        conn.execute(sa.delete(info.table).where(*self._key_clause(info, row.key)))
-        return {"rowCount": 1, "row": row_json(existing)}
+        conn.execute(sa.delete(info.table).where(*where))
+        return _result(1, existing)
+
+    def _written(self, conn: sa.Connection, info: TableInfo, where: list[Any], what: str,
+                 count: int = 1) -> dict[str, Any]:
+        """The result of a write that happened: the row as it is now, with markers for
+        values too large to return (the write must not fail because of its result)."""
+        found = self._rows.read(conn, info, where, what=what, marked=True)
+        if found is None:  # e.g. a trigger of the database removed or re-keyed it
+            return {"rowCount": count, "row": None}
+        return _result(count, found)
 
     # -- allow-list (sql_allow) --------------------------------------------------------------
-
-    def _run_query(self, conn: sa.Connection, stmt: sa.TextClause,
-                   args: dict[str, Any]) -> tuple[list[str], Sequence[Sequence[Any]]]:
-        """Run the script's statement; with an allow-list, only after the backend's check
-        says it touches nothing else (SQLite: the authorizer, while SQLite compiles it;
-        PostgreSQL: the parse tree of exactly the text that is then sent)."""
-        if self._allow is None:  # the database user's own privileges are the boundary
-            result = conn.execute(stmt, args)
-            return list(result.keys()), result.all()
-        if self._sqlite:
-            with guarded(conn, self._allow, query=True):
-                result = conn.execute(stmt, args)
-                return list(result.keys()), result.all()
-        sql = stmt.compile(dialect=conn.dialect).string
-        check_query(conn, sql, self._allow, self._pg_schema)
-        result = conn.exec_driver_sql(sql, args)
-        return list(result.keys()), result.all()
 
     @contextmanager
     def _guard_rows(self, conn: sa.Connection, info: TableInfo, *,
@@ -353,13 +357,6 @@ class SqlConnector(Connector):
         return {info.table.c[k]: coerce(info.table.c[k], v, f"values.{k}")
                 for k, v in values.items()}
 
-    def _select(self, conn: sa.Connection, info: TableInfo, key: Mapping[str, Any], *,
-                lock: bool = False) -> sa.Row[Any] | None:
-        q = sa.select(info.table).where(*self._key_clause(info, key))
-        if lock and not self._sqlite:  # SQLite: BEGIN IMMEDIATE already holds the write lock
-            q = q.with_for_update()
-        return conn.execute(q).first()
-
     def _differences(self, conn: sa.Connection, info: TableInfo, key: Mapping[str, Any],
                      values: Mapping[str, Any]) -> list[str] | None:
         """Columns whose stored value differs from ``values``; ``None`` if there is no row."""
@@ -372,12 +369,10 @@ class SqlConnector(Connector):
         return [n for n, same in zip(names, found, strict=False) if not same]
 
 
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}:{seen[n] - 1}")
+def _result(count: int, found: Fetched) -> dict[str, Any]:
+    out: dict[str, Any] = {"rowCount": count, "row": found.row}
+    if found.truncated:  # values replaced by {"truncated": true, "bytes": n} markers
+        out["truncated"] = True
     return out
 
 

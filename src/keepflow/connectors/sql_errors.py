@@ -23,6 +23,8 @@ import re
 from sqlalchemy import exc as sa_exc
 
 from keepflow.connectors.secret import Redactor
+from keepflow.connectors.sql_allow import shown
+from keepflow.connectors.sql_limits import ResultLimits
 from keepflow.errors import (
     AuthError,
     ConnectorError,
@@ -40,6 +42,12 @@ _PG_AUTH = re.compile(
 _PG_NO_DATABASE = re.compile(r"database \".*\" does not exist", re.IGNORECASE)
 _PG_TRANSIENT_STATES = ("40", "53", "55P03", "57014", "57P", "08", "HV")
 _SQLITE_NO_TABLE = re.compile(r"no such table: (.+)")
+#: The error keepflow's own guard around a PostgreSQL query raises once the rows sent so far
+#: exceed ``max_bytes`` (sql_query.py): a failed cast whose text carries this marker.
+PG_TOO_LARGE_MARKER = "keepflow_max_bytes_exceeded"
+#: Longest part of a database's own error message kept in keepflow's message.
+MAX_REASON = 500
+_PG_TOO_LARGE = re.compile(rf'"{PG_TOO_LARGE_MARKER} (at row \d+|in one row of (\d+))"')
 
 
 def sqlite_missing_table(exc: BaseException) -> str | None:
@@ -52,8 +60,13 @@ def sqlite_missing_table(exc: BaseException) -> str | None:
 
 
 def translate(exc: BaseException, *, what: str, sqlite: bool, committing: bool = False,
-              read_only: bool = False, redact: Redactor | None = None) -> ConnectorError:
-    """The typed error for ``exc``, raised while doing ``what`` (used in the message)."""
+              read_only: bool = False, redact: Redactor | None = None,
+              limits: ResultLimits | None = None,
+              value_limit: int | None = None) -> ConnectorError:
+    """The typed error for ``exc``, raised while doing ``what`` (used in the message).
+
+    ``limits`` and ``value_limit`` (the per-value limit SQLite was given for this call, if
+    any) turn the database's "too big" answers into errors that name the limit."""
     if isinstance(exc, ConnectorError):
         return exc
     redact = redact or Redactor(())
@@ -63,17 +76,35 @@ def translate(exc: BaseException, *, what: str, sqlite: bool, committing: bool =
     if orig is None:
         if isinstance(exc, sa_exc.StatementError):  # e.g. a value a column type refuses
             cause = exc.orig if exc.orig is not None else exc
-            return PermanentError(f"{what}: {redact.text(str(cause))}")
-        return PermanentError(f"{what}: {redact.text(str(exc))}")
-    reason = redact.text(str(orig).strip().splitlines()[0] if str(orig).strip() else
-                         type(orig).__name__)
+            return PermanentError(f"{what}: {_reason(cause, redact)}")
+        return PermanentError(f"{what}: {_reason(exc, redact)}")
+    reason = _reason(orig, redact)
     message = f"{what}: {reason}"
+    if sqlite and getattr(orig, "sqlite_errorname", None) == "SQLITE_TOOBIG" and not committing:
+        if limits is not None and value_limit is not None:
+            return limits.value_too_large(what, value_limit)
+        return PermanentError(f"{message} (a value is larger than SQLite allows)",
+                              sqlite_error="SQLITE_TOOBIG")
+    if not sqlite and limits is not None and getattr(orig, "sqlstate", None) == "22P02" and (
+            m := _PG_TOO_LARGE.search(str(orig))) is not None:
+        where = f"one row alone has {m.group(2)} bytes" if m.group(2) else \
+            f"reading stopped {m.group(1)}"
+        return limits.too_large(what, where)
     if sqlite:
         return _sqlite(orig, message, committing=committing, read_only=read_only)
     invalidated = isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
     return _postgres(orig, message, committing=committing, invalidated=invalidated,
                      operational=isinstance(exc, (sa_exc.OperationalError,
                                                   sa_exc.InterfaceError)))
+
+
+def _reason(exc: BaseException, redact: Redactor) -> str:
+    """The first line of the database's message, redacted, escaped and cut short: the
+    server's text is untrusted too (``CAST(repeat('x', 20000000) AS int)`` makes PostgreSQL
+    quote 20 MB of it back), and it travels to the script, the ledger and the UI."""
+    text = str(exc)[:MAX_REASON * 4].strip()  # cut first: no copy of a huge message
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return shown(redact.text(first), MAX_REASON)
 
 
 def _postgres(orig: BaseException, message: str, *, committing: bool, invalidated: bool,

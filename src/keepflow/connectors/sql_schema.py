@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from keepflow.connectors.sql_allow import AllowList, shown
+from keepflow.connectors.sql_limits import check_depth
 from keepflow.errors import PermanentError, PreconditionError
 
 JS_MAX_SAFE_INTEGER = 2**53 - 1
@@ -164,7 +165,16 @@ def same_value(column: sa.Column[Any], value: Any, field: str) -> sa.ColumnEleme
 
 
 def to_json(value: Any) -> Any:
-    """A database value as a JSON value scripts can use (documented in docs/connectors.md)."""
+    """A database value as a JSON value scripts can use (documented in docs/connectors.md).
+
+    Raises :class:`~keepflow.connectors.sql_limits.TooDeep` for a value nested more deeply
+    than a result may be (checked first, without recursion)."""
+    if isinstance(value, (Mapping, list, tuple)):
+        check_depth(value)
+    return _to_json(value)
+
+
+def _to_json(value: Any) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
@@ -182,13 +192,7 @@ def to_json(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, Mapping):
-        return {str(k): to_json(v) for k, v in value.items()}
+        return {str(k): _to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
+        return [_to_json(v) for v in value]
     return str(value)
-
-
-def row_json(row: sa.Row[Any] | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    return {k: to_json(v) for k, v in row._mapping.items()}
