@@ -14,6 +14,7 @@ Unknown keys and out-of-range values are rejected at load with the exact key and
 
 from __future__ import annotations
 
+import math
 import random
 import tomllib
 from pathlib import Path
@@ -46,6 +47,13 @@ class RetryPolicy(_Section):
     factor: float = Field(default=2.0, ge=1, le=10)
     max_delay_seconds: float = Field(default=60.0, ge=0, le=3600)
     jitter: float = Field(default=0.1, ge=0, le=1, description="+/- fraction of each delay")
+
+    def wait(self, attempt: int, retry_after: float | None) -> float:
+        """The delay before retry ``attempt``, or longer if the external system asked (its
+        ``Retry-After``), but never beyond ``max_delay_seconds``: a server's number, however
+        large or odd, cannot hold a run."""
+        asked = retry_after if retry_after is not None and math.isfinite(retry_after) else 0.0
+        return min(max(self.delay(attempt), asked), self.max_delay_seconds)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``attempt`` (1 = first retry)."""

@@ -30,7 +30,12 @@ from keepflow.views import event_detail, event_view, run_view, workflow_view
 
 CONNECTIONS_TEMPLATE = """\
 # keepflow connections: scripts reach each one as ctx.<name>.<tool> (docs/connectors.md).
-# A connection named "http" of type "http" exists by default.
+# A connection named "http" of type "http" exists by default; it reaches public addresses
+# only. To let scripts reach a service on this machine or your network, name its origin:
+#
+# [connections.http]
+# type = "http"
+# allow = ["http://127.0.0.1:9000"]            # exact origins (docs/security.md#network-egress)
 #
 # [connections.shop]
 # type = "sql"

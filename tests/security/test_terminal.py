@@ -488,7 +488,8 @@ def test_every_command_shows_hostile_data_visibly_and_json_exactly(
     assert failed["reservations"][0]["title"] == "T1" + HOSTILE
     out, _ = kf("run", "show", run_id)
     assert "log [info] prepare " + SHOWN in out
-    assert "\\x1b[2J\\u202e\\r\\nforged" in out  # the mutation description's hostile path
+    # The mutation's description keeps the path as sent, percent-encoded: inert everywhere.
+    assert "/o%1b%5b2J%e2%80%ae%0d%0aforged" in out
     kf("retry", run_id, code=None)
     kf("resolve", run_id, "--skip", code=None)
 

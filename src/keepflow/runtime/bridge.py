@@ -214,7 +214,7 @@ class Bridge:
                 self._log_call(call, kind, dict(tool_call.params), False, None, t0, exc)
                 if attempt >= retry.max_attempts:
                     raise
-                delay = max(retry.delay(attempt), exc.retry_after or 0.0)
+                delay = retry.wait(attempt, exc.retry_after)
                 self.note("warn", f"{call.display} failed transiently ({exc.message}); retry "
                                   f"{attempt}/{retry.max_attempts - 1} in {delay:.1f}s")
                 s.clock.sleep(delay)

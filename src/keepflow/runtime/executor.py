@@ -250,7 +250,7 @@ class Executor:
                 return self._fail(scope, err, Phase.MUTATE, {"prepared": prepared})
             retries += 1
             attempt = done.mutation.attempt + 1
-            delay = max(retry.delay(retries), getattr(done.error, "retry_after", None) or 0.0)
+            delay = retry.wait(retries, getattr(done.error, "retry_after", None))
             scope.note(Phase.MUTATE, "warn",
                        f"attempt {done.mutation.attempt} definitely failed ({done.error.message});"
                        f" mutate runs again in {delay:.1f}s")
