@@ -26,6 +26,7 @@ test-fast: $(VENV)/.installed  ## unit tests only
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed  ## every benchmark on SQLite and PostgreSQL -> bench/results/, docs/performance.md
 	$(PY) -m bench

@@ -16,7 +16,6 @@ Arguments and the environment are checked once, before any command runs
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -27,12 +26,13 @@ from typing import Any
 import click
 
 from keepflow import service
-from keepflow.client import find_server
 from keepflow.errors import KeepflowError, ScriptInvalid, UsageError
 from keepflow.model import RunStatus, WorkflowStatus
-from keepflow.runtime.executor import RunOutcome
 from keepflow.runtime.host import Host
+from keepflow.runtime.outcome import RunOutcome
 from keepflow.sandbox.findings import Finding, format_finding
+from keepflow.server.client import ServerInfo
+from keepflow.server.link import ServerLink
 from keepflow.settings import Settings
 from keepflow.terminal import (
     dumps_json,
@@ -206,7 +206,8 @@ class _Group(click.Group):
 
 @contextmanager
 def _host() -> Iterator[Host]:
-    with Host(Settings()) as host:
+    settings = Settings()
+    with Host(settings, handoff=ServerLink(settings)) as host:
         yield host
 
 
@@ -259,10 +260,11 @@ def deploy(file: Path, name: str | None, as_json: bool) -> None:
 
 def _notify_server(workflow: str) -> None:
     """A running server re-reads the workflow now (it would notice within a second anyway)."""
-    server = find_server(Settings())
-    if server is not None:
-        with contextlib.suppress(KeepflowError):
-            server.post(f"/api/workflows/{workflow}/refresh", timeout=5.0)
+    ServerLink(Settings()).notify(workflow)
+
+
+def _server() -> ServerInfo | None:
+    return ServerLink(Settings()).server
 
 
 @main.command()
@@ -311,7 +313,7 @@ def _run_line(d: dict[str, Any]) -> str:
 @json_option
 def trigger(workflow: str, handler: str, as_json: bool) -> None:
     """Run HANDLER of WORKFLOW once, now (through the server when one runs, else here)."""
-    server = find_server(Settings())
+    server = _server()
     if server is not None:
         data = server.post(f"/api/workflows/{workflow}/trigger/{handler}", timeout=330.0,
                            wait=True)
@@ -332,7 +334,7 @@ def trigger(workflow: str, handler: str, as_json: bool) -> None:
 @json_option
 def drain(workflow: str | None, as_json: bool) -> None:
     """Run ready consumers until none is ready (does not wait for timeouts or schedules)."""
-    server = find_server(Settings())
+    server = _server()
     if server is not None:
         _fail(f"a keepflow server is running (pid {server.pid}, {server.url}); it runs ready "
               "consumers itself — see `keepflow status`")
@@ -507,7 +509,7 @@ def disable(workflow: str, reason: str | None, as_json: bool) -> None:
 @json_option
 def status(workflow: str | None, as_json: bool) -> None:
     """What runs when, and why something is not running."""
-    server = find_server(Settings())
+    server = _server()
     with _host() as host:
         service.sweep_notifications(host)
         data = service.status(host, workflow,
@@ -545,8 +547,8 @@ def _print_status(data: dict[str, Any]) -> None:
               help="Seconds runs get to reach a durable point on shutdown.")
 def serve(bind: str, port: int, log_format: str, grace: float) -> None:
     """Run the host: scheduler, recovery and API, until SIGINT/SIGTERM."""
-    from keepflow.serve import ServeOptions
-    from keepflow.serve import serve as run_server
+    from keepflow.server.serve import ServeOptions
+    from keepflow.server.serve import serve as run_server
 
     sys.exit(run_server(Settings(), ServeOptions(host=bind, port=port, log_format=log_format,
                                                  grace_seconds=grace)))

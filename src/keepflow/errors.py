@@ -70,6 +70,20 @@ class Conflict(KeepflowError):
     code = "conflict"
 
 
+class RunChanged(Conflict):
+    """The run is no longer in the status the request started from: another actor (a person,
+    another host) moved it on; nothing was written."""
+
+    code = "run_changed"
+
+
+class TransitionRefused(KeepflowError):
+    """The runtime asked for a run transition SPEC §5.4 does not allow; nothing was written.
+    A bug in keepflow, never in the script."""
+
+    code = "transition_refused"
+
+
 class ConfigError(KeepflowError):
     """A configuration file or setting is invalid."""
 

@@ -7,9 +7,12 @@ runtime decides transitions, the CLI and UI render them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+#: How long a workflow's lease lasts without renewal (SPEC §13).
+LEASE_TTL = timedelta(minutes=5)
 
 
 class WorkflowStatus(StrEnum):
@@ -257,11 +260,14 @@ class PublishReport:
 
 @dataclass
 class RunDraft:
-    """A run as the executor builds it. The store writes it at each durable point.
+    """A run as the executor builds it between durable points.
 
-    Transitions, tool calls and logs accumulate in memory and are written with the next durable
-    commit, each with its own timestamp: the durable points are exactly those of SPEC §5.5, and
-    the run page still shows every transition (SPEC §5.4).
+    The runtime records the path it takes (:meth:`step`), the tool calls and the logs in
+    memory; the store's transition owner (``keepflow.store.transitions``) checks that path
+    against :data:`RUN_TRANSITIONS` and against the status the store holds (compare-and-set
+    on ``durable_status``), and writes it with the next durable commit — each step with its own
+    timestamp, so the durable points are exactly those of SPEC §5.5 and the run page still
+    shows every transition (SPEC §5.4).
     """
 
     id: str
@@ -278,7 +284,9 @@ class RunDraft:
     failure: dict[str, Any] | None = None
     finished_at: datetime | None = None
     approval: dict[str, Any] | None = None
-    persisted: bool = False
+    #: The status the store holds for this run (None: never written). Every commit is a
+    #: compare-and-set on it.
+    durable_status: RunStatus | None = None
     transitions: list[Transition] = field(default_factory=list)
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
@@ -286,8 +294,37 @@ class RunDraft:
     #: storage (published events are charged by the store, which knows which are new).
     stored_bytes: int = 0
 
+    @classmethod
+    def from_record(cls, rec: RunRecord, *, version_id: str | None = None) -> RunDraft:
+        """A stored run, to be carried on from its last durable point."""
+        return cls(
+            id=rec.id, workflow_id=rec.workflow_id, version_id=version_id or rec.version_id,
+            handler=rec.handler, kind=rec.kind, trigger=rec.trigger, status=rec.status,
+            created_at=rec.created_at, suspend_reason=rec.suspend_reason,
+            prepared=rec.prepared, mutation_result=rec.mutation_result, failure=rec.failure,
+            approval=rec.approval, finished_at=rec.finished_at, durable_status=rec.status)
+
+    @property
+    def persisted(self) -> bool:
+        return self.durable_status is not None
+
+    def step(self, to: RunStatus, at: datetime, note: str | None = None) -> None:
+        """Record ``status → to`` on the run's path (a note when ``to`` is the same status).
+        The store refuses the commit if the path is not legal (SPEC §5.4)."""
+        self.transitions.append(Transition(self.status, to, at, note))
+        self.status = to
+        self.finished_at = at if to.finished else None
+
+    def rewind(self, keep: int = 0) -> None:
+        """Forget the path not yet written after its first ``keep`` steps."""
+        if len(self.transitions) > keep:
+            self.status = self.transitions[keep].from_status or self.status
+            del self.transitions[keep:]
+            if not self.status.finished:
+                self.finished_at = None
+
     def mark_flushed(self) -> None:
-        self.persisted = True
+        self.durable_status = self.status
         self.transitions.clear()
         self.tool_calls.clear()
         self.logs.clear()
@@ -311,6 +348,28 @@ class MutationDraft:
 
 
 @dataclass(frozen=True)
+class Settle:
+    """A ledger attempt's new status, written with the run (SPEC §6)."""
+
+    mutation_id: int
+    status: LedgerStatus
+    result: Any = None
+    error: dict[str, Any] | None = None
+    reconcile_attempted: bool = False
+    resolved_by: str = "host"
+    next_reconcile_at: datetime | None = None
+    reset_attempts: bool = False
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """SPEC §7.3: the consumer sleeps until ``until`` or an event newer than ``watermark``."""
+
+    until: datetime
+    watermark: int
+
+
+@dataclass(frozen=True)
 class Fence:
     """Proof that this host holds a workflow's lease (SPEC §13)."""
 
@@ -323,6 +382,15 @@ class Fence:
 class Reservation:
     topic: str
     message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EventClaim:
+    """What a run's PrepareResult reserves (SPEC §5.1), written with its first durable point:
+    the reservations, checked against the topics the consumer subscribes to."""
+
+    reservations: tuple[Reservation, ...]
+    subscribed: tuple[str, ...]
 
 
 @dataclass(frozen=True)

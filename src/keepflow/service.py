@@ -13,20 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keepflow.agents.validation import validate_script
+from keepflow.deploy.validation import validate_script
 from keepflow.errors import ConfigError, Conflict, NotFound, ScriptInvalid, UsageError
 from keepflow.model import EventStatus, Fence, RunStatus, WorkflowRecord, WorkflowStatus
 from keepflow.runtime import actions
-from keepflow.runtime.executor import RunOutcome
 from keepflow.runtime.host import Host
+from keepflow.runtime.outcome import RunOutcome
 from keepflow.runtime.recovery import RecoveryReport, recover
 from keepflow.sandbox.findings import Finding
-from keepflow.sandbox.rules import WorkflowManifest
 from keepflow.settings import Settings
 from keepflow.storable import escape_text
-from keepflow.store import events as ev
-from keepflow.store import queries
 from keepflow.views import event_detail, event_view, run_view, workflow_view
+from keepflow.workflow import WorkflowManifest
 
 CONNECTIONS_TEMPLATE = """\
 # keepflow connections: scripts reach each one as ctx.<name>.<tool> (docs/connectors.md).
@@ -228,9 +226,10 @@ _VERBS = {WorkflowStatus.PAUSED: "paused", WorkflowStatus.ACTIVE: "resumed",
 
 def status(host: Host, workflow: str | None = None,
            server: dict[str, Any] | None = None) -> dict[str, Any]:
-    from keepflow import status as status_view
+    from keepflow.views import status as status_view
 
-    return {"server": server, "workflows": status_view.status(host, workflow)}
+    facts = host.store.workflow_facts(workflow)
+    return {"server": server, "workflows": status_view.status(facts, host.clock.now())}
 
 
 def retry_run(host: Host, run_id: str, actor: str = "cli") -> RunOutcome | None:
@@ -241,11 +240,10 @@ def retry_run(host: Host, run_id: str, actor: str = "cli") -> RunOutcome | None:
         raise Conflict(f"run {run_id} is {run.status.value}; only a failed run can be retried")
     _refuse_if_other_active(host, run.workflow_id, run_id)
     wf, version, _ = _current(host, run.workflow_id)
-    host.store.audit(actor=actor, action="run.retry", target_type="run", target_id=run_id,
-                     before={"status": "failed", "failure": (run.failure or {}).get("message")},
-                     after={"effect": actions.EFFECTS["retry"]})
-    if wf.status is WorkflowStatus.NEEDS_ACTION:
-        host.store.set_workflow_status(wf.id, WorkflowStatus.ACTIVE, None, actor)
+    host.store.retry_run(run_id, actor=actor, reactivate=True,
+                         before={"status": "failed",
+                                 "failure": (run.failure or {}).get("message")},
+                         after={"effect": actions.EFFECTS["retry"]})
     return _continue(host, wf, lambda fence: host.executor.resume(run_id, fence,
                                                                   version=version))
 
@@ -282,13 +280,9 @@ def _refuse_if_other_active(host: Host, workflow_id: str, run_id: str) -> None:
 
 def _continue(host: Host, wf: WorkflowRecord,
               step: Callable[[Fence], RunOutcome]) -> RunOutcome | None:
-    """Carry a run on after a person's answer: here, or — when a server holds the workflow's
-    lease — by telling the server, which resumes it between runs."""
-    from keepflow.client import find_server
-
-    server = find_server(host.settings)
-    if server is not None:
-        server.post(f"/api/workflows/{wf.name}/refresh", timeout=10.0)
+    """Carry a run on after a person's answer: here, or — when another process (a running
+    server) takes it over — not here (``host.handoff`` decides)."""
+    if host.handoff.hand_over(wf.name):
         return None
     with host.lease(wf) as fence:
         return step(fence)
@@ -298,52 +292,37 @@ def _continue(host: Host, wf: WorkflowRecord,
 
 
 def list_workflows(host: Host) -> list[dict[str, Any]]:
-    out = []
-    with host.store.read() as conn:
-        from keepflow.store import workflows as wfs
-
-        for wf in wfs.list_all(conn):
-            version = wfs.version(conn, wf.current_version_id) if wf.current_version_id else None
-            out.append(workflow_view(wf, version, queries.topic_counts(conn, wf.id)))
-    return out
+    return [workflow_view(s) for s in host.store.workflow_summaries()]
 
 
 def list_events(host: Host, workflow: str, topic: str | None = None,
                 status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
     wf = host.store.get_workflow(workflow)
     st = _event_status(status)
-    with host.store.read() as conn:
-        return [event_view(e, with_payload=False)
-                for e in queries.list_events(conn, wf.id, topic=topic, status=st, limit=limit)]
+    return [event_view(e, with_payload=False)
+            for e in host.store.event_list(wf.id, topic=topic, status=st, limit=limit)]
 
 
 def show_event(host: Host, workflow: str, topic: str, message_id: str) -> dict[str, Any]:
     wf = host.store.get_workflow(workflow)
-    with host.store.read() as conn:
-        found = ev.by_message_ids(conn, wf.id, topic, [message_id]).get(message_id)
-        if found is None:
-            raise NotFound(f"workflow '{wf.name}' has no event '{message_id}' in topic '{topic}'")
-        return event_detail(conn, found)
+    return event_detail(host.store.event_detail(wf, topic, message_id))
 
 
 def list_runs(host: Host, workflow: str, limit: int = 100) -> list[dict[str, Any]]:
     wf = host.store.get_workflow(workflow)
-    with host.store.read() as conn:
-        return [run_view(conn, r) for r in queries.list_runs(conn, wf.id, limit)]
+    return [run_view(s) for s in host.store.run_list(wf.id, limit)]
 
 
 def show_run(host: Host, run_id: str) -> dict[str, Any]:
-    run = host.store.get_run(run_id)
-    with host.store.read() as conn:
-        return run_view(conn, run, detail=True)
+    return run_view(host.store.run_detail(run_id))
 
 
 def inbox(host: Host) -> list[dict[str, Any]]:
     """Every action-needed item (SPEC §12)."""
-    from keepflow.inbox import inbox as build
+    from keepflow.views import inbox as inbox_view
 
-    with host.store.read() as conn:
-        return build(conn, host.policies, host.clock.now())
+    facts = host.store.inbox_facts(inbox_view.stale_cutoff(host.policies, host.clock.now()))
+    return inbox_view.inbox(facts, host.policies)
 
 
 def policy_show(host: Host, workflow: str | None = None) -> dict[str, Any]:

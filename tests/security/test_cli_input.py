@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from keepflow.cli import main, text_problem
 from keepflow.runtime.host import Host
 from keepflow.scheduler.loop import SchedulerLoop
-from keepflow.serve import StatusLine
+from keepflow.server.serve import StatusLine
 from tests.integration.conftest import clock, host, pool, sink, target_db  # noqa: F401
 from tests.security.test_terminal import RawCLI, _write, assert_safe_bytes
 

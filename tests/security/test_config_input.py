@@ -97,8 +97,8 @@ def test_a_home_that_is_a_file_is_a_clear_error(tmp_path: Path, command: list[st
 def test_no_call_may_outlive_the_lease_that_protects_it() -> None:
     """A mutation's call ends before the workflow's lease, renewed when the attempt was
     recorded in_flight, could expire and another host take the run over."""
+    from keepflow.model import LEASE_TTL
     from keepflow.policies import MAX_CALL_SECONDS, TimeoutPolicy
-    from keepflow.store.store import LEASE_TTL
 
     assert LEASE_TTL.total_seconds() - 30 > MAX_CALL_SECONDS
     for name in ("tool_call_seconds", "reconcile_call_seconds"):

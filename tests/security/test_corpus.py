@@ -47,9 +47,10 @@ from keepflow.connectors.config import Connections
 from keepflow.errors import ScriptInvalid
 from keepflow.policies import PolicyBook
 from keepflow.runtime.host import Host
+from keepflow.sandbox.manifest_rules import check_manifest
 from keepflow.sandbox.pool import SandboxPool
-from keepflow.sandbox.rules import build_manifest, check_manifest
 from keepflow.settings import Settings
+from keepflow.workflow import build_manifest
 from tests.support.sink import Sink
 from tests.support.workflows import deploy_source, quick_policy
 

@@ -38,7 +38,7 @@ from sql_shop import SqlTarget, connector, create_shop, get, m, q
 from keepflow.connectors.base import ConnectionConfig, ReconcileOutcome
 from keepflow.connectors.secret import Secret
 from keepflow.connectors.sql import SqlConnector
-from keepflow.connectors.sql_limits import DEFAULT_MAX_BYTES, MAX_JSON_DEPTH, json_size
+from keepflow.connectors.sql.limits import DEFAULT_MAX_BYTES, MAX_JSON_DEPTH, json_size
 from keepflow.errors import ConfigError, PermanentError, PreconditionError, TransientError
 from tests.integration.connectors import conftest as connector_fixtures
 

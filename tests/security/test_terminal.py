@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import keepflow.cli
-from keepflow.serve import JsonLines, TextLines
+from keepflow.server.serve import JsonLines, TextLines
 from keepflow.terminal import (
     Shown,
     dumps_json,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from keepflow.clock import FakeClock
-from keepflow.ids import new_id
-from keepflow.model import EventDraft, NotificationRecord, RunDraft, RunKind, RunStatus
+from keepflow.model import EventDraft, NotificationRecord, RunStatus
 from keepflow.policies import NotificationPolicy, Policy, PolicyBook
 from keepflow.store.rows import sha256_json
 from keepflow.store.store import Store
+from tests.support import runs
 
 REASON = "read failed (auth): token expired — what to do: reconnect the connection, then resume"
 DAY = 86_400.0
@@ -25,20 +25,21 @@ def workflow(store: Store, name: str = "wf") -> tuple[str, str]:
 def run(store: Store, wf: tuple[str, str], clock: FakeClock, handler: str,
         status: RunStatus, message: str = "boom") -> None:
     failed = status is RunStatus.FAILED
-    store.record_run(RunDraft(
-        id=new_id(), workflow_id=wf[0], version_id=wf[1], handler=handler,
-        kind=RunKind.PRODUCER, trigger="test", status=status, created_at=clock.now(),
-        failure={"class": "logic", "message": message} if failed else None,
-        finished_at=clock.now() if status.finished else None), None)
+    draft = runs.draft(wf[0], wf[1], clock.now(), status, handler=handler,
+                       failure={"class": "logic", "message": message} if failed else None)
+    if failed:
+        store.fail_run(draft, None)
+    elif status is RunStatus.COMMITTED:
+        store.commit_producer_run(draft, None, [], None)
+    else:
+        store.checkpoint_run(draft, None)
 
 
 def publish(store: Store, wf: tuple[str, str], clock: FakeClock, mid: str,
             topic: str = "items") -> None:
     draft = EventDraft(topic, mid, f"Invoice {mid}", {"n": mid}, sha256_json({"n": mid}))
-    store.commit_producer_run(RunDraft(
-        id=new_id(), workflow_id=wf[0], version_id=wf[1], handler="fetch",
-        kind=RunKind.PRODUCER, trigger="test", status=RunStatus.COMMITTED,
-        created_at=clock.now()), None, [draft], None)
+    store.commit_producer_run(runs.draft(wf[0], wf[1], clock.now(), RunStatus.COMMITTED,
+                                         handler="fetch"), None, [draft], None)
 
 
 def open_now(store: Store) -> list[NotificationRecord]:

@@ -8,7 +8,6 @@ the executor resumes it from this durable state like any other.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from keepflow.errors import Conflict
@@ -18,13 +17,12 @@ from keepflow.model import (
     RunDraft,
     RunRecord,
     RunStatus,
+    Settle,
     SuspendReason,
-    Transition,
     WorkflowStatus,
 )
 from keepflow.runtime.ledger import DIDNT_HAPPEN
-from keepflow.runtime.transitions import move
-from keepflow.store.store import Settle, Store
+from keepflow.store.store import Store
 
 Answer = Literal["try_again", "didnt_happen", "skip"]
 
@@ -41,15 +39,6 @@ EFFECTS: dict[str, str] = {
     "retry": "the run continues from its last durable point with the current script version; "
              "an applied mutation is never repeated",
 }
-
-
-def _draft(rec: RunRecord) -> RunDraft:
-    return RunDraft(
-        id=rec.id, workflow_id=rec.workflow_id, version_id=rec.version_id, handler=rec.handler,
-        kind=rec.kind, trigger=rec.trigger, status=rec.status, created_at=rec.created_at,
-        suspend_reason=rec.suspend_reason, prepared=rec.prepared,
-        mutation_result=rec.mutation_result, failure=rec.failure, approval=rec.approval,
-        finished_at=rec.finished_at, persisted=True)
 
 
 def _snapshot(rec: RunRecord, m: MutationRecord | None) -> dict[str, Any]:
@@ -83,12 +72,12 @@ def skip_failed(store: Store, run_id: str, actor: str) -> RunRecord:
             rec.mutation_result or {}).get("status") == "applied":
         raise Conflict(f"run {run_id}'s mutation took effect (or may have); skipping would hide "
                        "it — retry the run instead")
-    run = _draft(rec)
+    run = RunDraft.from_record(rec)
     now = store.clock()
     run.failure, run.finished_at = None, None
     run.mutation_result = {"status": "skipped"}
-    move(run, RunStatus.EMITTING, now, note=f"{actor}: skip")
-    store.record_user_action(
+    run.step(RunStatus.EMITTING, now, note=f"{actor}: skip")
+    store.answer_person(
         run, expected=RunStatus.FAILED, actor=actor, action="run.skip",
         before=_snapshot(rec, muts[-1] if muts else None) | {
             "failure": (rec.failure or {}).get("message")},
@@ -102,7 +91,7 @@ def resolve(store: Store, run_id: str, answer: Answer, actor: str) -> RunRecord:
     if answer == "skip" and store.get_run(run_id).status is RunStatus.FAILED:
         return skip_failed(store, run_id, actor)
     rec, m = _suspended_attempt(store, run_id)
-    run = _draft(rec)
+    run = RunDraft.from_record(rec)
     now = store.clock()
     who = f"user:{actor[:40]}"
     if answer == "try_again":
@@ -110,20 +99,20 @@ def resolve(store: Store, run_id: str, answer: Answer, actor: str) -> RunRecord:
             raise Conflict(f"'{m.description}' cannot be verified by its connector, so trying "
                            "again would ask nobody; answer it didn't happen, or skip")
         run.suspend_reason = SuspendReason.NEEDS_RECONCILE
-        run.transitions.append(_note(run, now, f"{actor}: try again"))
+        run.step(RunStatus.SUSPENDED, now, note=f"{actor}: try again")  # a note
         settle = Settle(m.id, LedgerStatus.NEEDS_RECONCILE, resolved_by=who,
                         next_reconcile_at=now, reset_attempts=True)
     elif answer == "didnt_happen":
         run.suspend_reason = None
-        move(run, RunStatus.MUTATING, now, note=f"{actor}: it didn't happen")
+        run.step(RunStatus.MUTATING, now, note=f"{actor}: it didn't happen")
         settle = Settle(m.id, LedgerStatus.FAILED, resolved_by=who, error={
             "code": DIDNT_HAPPEN, "message": f"{actor} reported that it did not happen"})
     else:
         run.suspend_reason = None
         run.mutation_result = {"status": "skipped"}
-        move(run, RunStatus.EMITTING, now, note=f"{actor}: skip")
+        run.step(RunStatus.EMITTING, now, note=f"{actor}: skip")
         settle = Settle(m.id, LedgerStatus.INDETERMINATE, resolved_by=f"{who} (skipped)")
-    store.record_user_action(
+    store.answer_person(
         run, expected=RunStatus.SUSPENDED, actor=actor, action=f"run.{answer}",
         before=_snapshot(rec, m), after={"status": run.status.value,
                                          "ledger": settle.status.value,
@@ -141,18 +130,18 @@ def approve(store: Store, run_id: str, actor: str, *, accept: bool) -> RunRecord
             or approval.get("status") != "pending"):
         raise Conflict(f"run {run_id} is not waiting for an approval (it is "
                        f"{rec.status.value}); nothing to approve or reject")
-    run = _draft(rec)
+    run = RunDraft.from_record(rec)
     now = store.clock()
     run.approval = {**approval, "status": "approved" if accept else "rejected",
                     "by": actor, "at": now.isoformat()}
     run.suspend_reason = None
     if accept:
-        move(run, RunStatus.MUTATING, now, note=f"{actor}: approved")
+        run.step(RunStatus.MUTATING, now, note=f"{actor}: approved")
     else:
         run.mutation_result = {"status": "skipped"}
-        move(run, RunStatus.EMITTING, now, note=f"{actor}: rejected")
+        run.step(RunStatus.EMITTING, now, note=f"{actor}: rejected")
     action = "approve" if accept else "reject"
-    store.record_user_action(
+    store.answer_person(
         run, expected=RunStatus.SUSPENDED, actor=actor, action=f"run.{action}",
         before=_snapshot(rec, None) | {"approval": "pending"},
         after={"status": run.status.value, "approval": run.approval["status"],
@@ -167,8 +156,3 @@ def _unblocked(store: Store, rec: RunRecord) -> tuple[WorkflowStatus, str | None
     if wf.status is WorkflowStatus.NEEDS_ACTION:
         return WorkflowStatus.ACTIVE, None
     return None
-
-
-def _note(run: RunDraft, at: datetime, note: str) -> Transition:
-    """A note on the run's path without a state change (e.g. "try again" while suspended)."""
-    return Transition(run.status, run.status, at, note)

@@ -22,15 +22,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from keepflow.errors import Conflict, HostError, LeaseLost
+from keepflow.errors import Conflict, HostError, LeaseLost, TransitionRefused
 from keepflow.model import RUN_TRANSITIONS, RunDraft, RunStatus, Transition, WorkflowStatus
 from keepflow.runtime.bridge import RunScope
-from keepflow.runtime.transitions import move
 from keepflow.storable import escape_deep, escape_text
 
 if TYPE_CHECKING:
-    from keepflow.runtime.executor import RunOutcome
-    from keepflow.runtime.host import Host
+    from keepflow.runtime.outcome import RunOutcome
+    from keepflow.runtime.parts import RunParts
 
 log = logging.getLogger("keepflow.runtime")
 
@@ -40,7 +39,7 @@ PASS_THROUGH = (LeaseLost, Conflict)
 HELP = "docs/operations.md#internal-errors"
 
 
-def contained(host: Host, scope: RunScope, body: Callable[[], RunOutcome],
+def contained(host: RunParts, scope: RunScope, body: Callable[[], RunOutcome],
               outcome: Callable[[RunDraft], RunOutcome]) -> RunOutcome:
     """Run ``body``; an unexpected exception stops only this run (see the module docstring)."""
     try:
@@ -53,7 +52,7 @@ def contained(host: Host, scope: RunScope, body: Callable[[], RunOutcome],
         return outcome(scope.run)
 
 
-def stop_run(host: Host, scope: RunScope, exc: Exception) -> bool:
+def stop_run(host: RunParts, scope: RunScope, exc: Exception) -> bool:
     """Record the run as failed by ``exc`` and its workflow as needing action. Returns False
     when nothing could be recorded (the caller re-raises)."""
     run = scope.run
@@ -67,6 +66,8 @@ def stop_run(host: Host, scope: RunScope, exc: Exception) -> bool:
     reason = (f"{run.handler} stopped: keepflow hit an internal error ({what}) — what to do: "
               f"see {HELP}, then retry run {run.id} or resume the workflow")
     status = (WorkflowStatus.NEEDS_ACTION, reason)
+    if isinstance(exc, TransitionRefused) or RunStatus.FAILED not in RUN_TRANSITIONS[run.status]:
+        run.rewind()  # back to the last durable point: the failure is recorded from there
     if RunStatus.FAILED in RUN_TRANSITIONS[run.status]:
         try:
             _scrub(run)
@@ -76,8 +77,8 @@ def stop_run(host: Host, scope: RunScope, exc: Exception) -> bool:
                 "versionId": run.version_id, "details": failure.to_dict(), "stack": stack,
                 "inputs": {},
             }
-            move(run, RunStatus.FAILED, host.clock.now(), note=f"host error: {what}")
-            host.store.record_run(run, scope.fence, workflow_status=status)
+            run.step(RunStatus.FAILED, host.clock.now(), note=f"host error: {what}")
+            host.store.fail_run(run, scope.fence, workflow_status=status)
             return True
         except PASS_THROUGH:
             raise

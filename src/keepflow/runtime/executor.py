@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from keepflow import faults
 from keepflow.errors import (
@@ -32,6 +31,7 @@ from keepflow.errors import (
     UncertainOutcome,
 )
 from keepflow.model import (
+    EventClaim,
     EventStatus,
     Fence,
     LedgerStatus,
@@ -40,39 +40,22 @@ from keepflow.model import (
     RunKind,
     RunRecord,
     RunStatus,
+    Sleep,
     StateUpdate,
-    SuspendReason,
     VersionRecord,
     WorkflowRecord,
 )
-from keepflow.runtime import containment, ledger, values
+from keepflow.runtime import containment, ledger, resume, values
 from keepflow.runtime.bridge import Bridge, RunScope
+from keepflow.runtime.outcome import RunOutcome
+from keepflow.runtime.parts import RunParts
 from keepflow.runtime.routing import route_failure
-from keepflow.runtime.transitions import move
 from keepflow.sandbox.api import Invocation, InvocationResult
-from keepflow.sandbox.rules import WorkflowManifest
-from keepflow.store.store import Sleep
-
-if TYPE_CHECKING:
-    from keepflow.runtime.host import Host
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    run_id: str
-    handler: str
-    kind: RunKind
-    status: RunStatus
-    failure: dict[str, Any] | None = None
-    mutation: str | None = None  # ledger status of the last attempt, if any
-
-    @property
-    def ok(self) -> bool:
-        return self.status is RunStatus.COMMITTED
+from keepflow.workflow import WorkflowManifest
 
 
 class Executor:
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: RunParts) -> None:
         self.host = host
 
     # ------------------------------------------------------------------ set-up
@@ -135,7 +118,7 @@ class Executor:
 
     def _producer(self, scope: RunScope, handler: str) -> RunOutcome:
         run, wf_id = scope.run, scope.run.workflow_id
-        move(run, RunStatus.RUNNING, self.host.clock.now())
+        run.step(RunStatus.RUNNING, self.host.clock.now())
         has, state = self.host.store.load_state(wf_id, handler)
         try:
             res, _ = self._invoke(scope, Phase.PRODUCER, ("producers", handler),
@@ -149,23 +132,22 @@ class Executor:
             return self._fail(scope, f, Phase.PRODUCER, {"state": state})
         self._note_duplicates(scope, Phase.PRODUCER)
         faults.point("producer.before_commit")
-        return self._commit(scope, Phase.PRODUCER, {"state": state}, {}, lambda quota:
+        return self._commit(scope, Phase.PRODUCER, {"state": state}, None, lambda quota:
                             self.host.store.commit_producer_run(
                                 run, scope.fence, scope.publishes, new_state, quota=quota))
 
     def _commit(self, scope: RunScope, phase: Phase, inputs: dict[str, Any],
-                reserve: dict[str, Any], commit: Callable[[int], object]) -> RunOutcome:
+                claim: EventClaim | None, commit: Callable[[int], object]) -> RunOutcome:
         """The run's final commit, within the workflow's storage quota (docs/security.md#limits):
         refused, nothing of it is written and the run fails at its last durable point."""
         run = scope.run
-        before, seen = run.status, len(run.transitions)
-        move(run, RunStatus.COMMITTED, self.host.clock.now())
+        seen = len(run.transitions)
+        run.step(RunStatus.COMMITTED, self.host.clock.now())
         try:
             commit(scope.policy.limits.workflow_storage_bytes)
         except QuotaExceeded as exc:
-            run.status, run.finished_at = before, None
-            del run.transitions[seen:]
-            return self._fail(scope, exc, phase, inputs, reserve=reserve)
+            run.rewind(keep=seen)
+            return self._fail(scope, exc, phase, inputs, claim=claim)
         return self._outcome(run)
 
     # ------------------------------------------------------------------ consumers (SPEC §5)
@@ -179,7 +161,7 @@ class Executor:
     def _prepare(self, scope: RunScope) -> RunOutcome:
         run, store, clock = scope.run, self.host.store, self.host.clock
         if run.status is not RunStatus.PREPARING:
-            move(run, RunStatus.PREPARING, clock.now())
+            run.step(RunStatus.PREPARING, clock.now())
         # Read before prepare: any event newer than this wakes a sleeping consumer (SPEC §7.3).
         watermark, has, state = store.consumer_inputs(run.workflow_id, run.handler)
         try:
@@ -196,20 +178,20 @@ class Executor:
         scope.reserved_titles = [e.title for e in reserved]
         run.prepared = prepared.to_json()
         run.stored_bytes += prepared.size
-        move(run, RunStatus.PREPARED, clock.now(),
-             note=f"reserved {len(reserved)} event(s)" if reserved else "nothing to do")
-        reserve = {"reserve": prepared.reservations, "subscribed": sorted(scope.subscribed)}
+        run.step(RunStatus.PREPARED, clock.now(),
+                 note=f"reserved {len(reserved)} event(s)" if reserved else "nothing to do")
+        claim = EventClaim(tuple(prepared.reservations), tuple(sorted(scope.subscribed)))
         if prepared.empty:
             # SPEC §5.1: skip mutate, run next with {status: "none"}, then sleep (SPEC §7.3).
             run.mutation_result = {"status": "none"}
-            move(run, RunStatus.EMITTING, clock.now())
+            run.step(RunStatus.EMITTING, clock.now())
             until = clock.now() + timedelta(seconds=scope.policy.consumer.backoff_timeout_seconds)
-            return self._next(scope, prepared.to_json(), reserve={},
+            return self._next(scope, prepared.to_json(), claim=None,
                               sleep=Sleep(until=until, watermark=watermark))
-        return self._mutate(scope, prepared.to_json(), attempt=1, reserve=reserve)
+        return self._mutate(scope, prepared.to_json(), attempt=1, claim=claim)
 
     def _mutate(self, scope: RunScope, prepared: dict[str, Any], attempt: int,
-                reserve: dict[str, Any], retries: int = 0,
+                claim: EventClaim | None, retries: int = 0,
                 pending: ledger.MutationOutcome | None = None) -> RunOutcome:
         """Run mutate and the ledger procedure; re-execute mutate only after a definite
         failure (SPEC §5.2), with backoff, up to the retry policy."""
@@ -217,27 +199,27 @@ class Executor:
         while True:
             if pending is None:
                 if run.status is not RunStatus.MUTATING:
-                    move(run, RunStatus.MUTATING, clock.now(),
-                         note=f"attempt {attempt}" if attempt > 1 else None)
+                    run.step(RunStatus.MUTATING, clock.now(),
+                             note=f"attempt {attempt}" if attempt > 1 else None)
                 try:
                     _, bridge = self._invoke(scope, Phase.MUTATE,
                                              ("consumers", run.handler, "mutate"), (prepared,))
                 except RunFailure as f:
                     return self._fail(scope, f, Phase.MUTATE, {"prepared": prepared},
-                                      reserve=reserve)
+                                      claim=claim)
                 if bridge.declared is None:
                     # SPEC §5.2: no mutation call → next gets {status: "none"}.
                     run.mutation_result = {"status": "none"}
-                    move(run, RunStatus.MUTATED, clock.now(), note="mutate made no mutation call")
-                    move(run, RunStatus.EMITTING, clock.now())
-                    return self._next(scope, prepared, reserve=reserve)
-                done = ledger.perform(scope, bridge.declared, attempt, reserve)
-                reserve = {}  # persisted with the in_flight commit
+                    run.step(RunStatus.MUTATED, clock.now(), note="mutate made no mutation call")
+                    run.step(RunStatus.EMITTING, clock.now())
+                    return self._next(scope, prepared, claim=claim)
+                done = ledger.perform(scope, bridge.declared, attempt, claim)
+                claim = None  # written with the in_flight commit
             else:
                 done, pending = pending, None
             if done.outcome is ledger.Outcome.APPLIED:
-                move(run, RunStatus.EMITTING, clock.now())
-                return self._next(scope, prepared, reserve={})
+                run.step(RunStatus.EMITTING, clock.now())
+                return self._next(scope, prepared, claim=None)
             if done.outcome is ledger.Outcome.SUSPENDED:
                 return self._outcome(run, done.mutation.status if done.mutation else None)
             assert done.error is not None
@@ -268,12 +250,7 @@ class Executor:
             return RunOutcome(rec.id, rec.handler, rec.kind, rec.status)
         wf = store.get_workflow(rec.workflow_id)
         ver = version or store.get_version(rec.version_id)
-        run = RunDraft(
-            id=rec.id, workflow_id=rec.workflow_id, version_id=ver.id, handler=rec.handler,
-            kind=rec.kind, trigger=rec.trigger, status=rec.status, created_at=rec.created_at,
-            suspend_reason=rec.suspend_reason, prepared=rec.prepared,
-            mutation_result=rec.mutation_result, failure=rec.failure, approval=rec.approval,
-            persisted=True)
+        run = RunDraft.from_record(rec, version_id=ver.id)
         scope = self._scope(run, ver, fence, wf.name)
         return self._contained(scope, lambda: self._resume(scope, rec, wf, ver, reconcile))
 
@@ -284,52 +261,48 @@ class Executor:
         now = self.host.clock.now()
         if run.status is RunStatus.FAILED:
             run.failure, run.finished_at = None, None
-        if run.kind is RunKind.PRODUCER:
+        muts = store.mutations_of(run.id) if rec.kind is RunKind.CONSUMER else []
+        last = muts[-1] if muts else None
+        retryable = last is None or last.status is not LedgerStatus.FAILED or \
+            ledger.failure_of(last).retryable
+        how = resume.decide(rec, muts, reconcile=reconcile, retryable=retryable)
+        if how.step is resume.Step.PRODUCER:
             return self._resume_producer(scope, wf, ver)
-        if run.suspend_reason is SuspendReason.AWAITING_APPROVAL:
-            return self._outcome(run)  # SPEC §6 step 1: only a person's answer moves it on
-        if run.prepared is None:  # SPEC §5.5: preparing → re-run prepare
+        if how.step is resume.Step.WAIT:
+            return self._outcome(run, how.mutation.status if how.mutation else None)
+        if how.step is resume.Step.PREPARE:  # SPEC §5.5: preparing → re-run prepare
             return self._prepare(scope)
         prepared = run.prepared
-        muts = store.mutations_of(run.id)
-        last = muts[-1] if muts else None
-        if run.mutation_result is not None or (last and last.status is LedgerStatus.APPLIED):
+        if how.step is resume.Step.NEXT:
             # SPEC §5.5: ledger applied → next with the stored result; emitting → next again.
-            if run.mutation_result is None and last is not None:
-                run.mutation_result = {"status": "applied", "result": last.result}
+            if run.mutation_result is None:
+                run.mutation_result = {"status": "applied", "result": how.applied_result}
             if run.status is not RunStatus.EMITTING:
                 if run.status is RunStatus.SUSPENDED:
-                    move(run, RunStatus.MUTATED, now)
-                move(run, RunStatus.EMITTING, now, note="resumed from the stored result")
+                    run.step(RunStatus.MUTATED, now)
+                run.step(RunStatus.EMITTING, now, note="resumed from the stored result")
             skipped = run.mutation_result.get("status") == "skipped"
-            return self._next(scope, prepared, reserve={},
+            return self._next(scope, prepared, claim=None,
                               outcome=EventStatus.SKIPPED if skipped else EventStatus.CONSUMED)
-        if last is not None and last.status in (LedgerStatus.IN_FLIGHT,
-                                                LedgerStatus.NEEDS_RECONCILE):
-            if last.status is LedgerStatus.NEEDS_RECONCILE and not reconcile:
-                return self._outcome(run, last.status)
+        if how.step is resume.Step.RECONCILE:
+            assert how.mutation is not None
             # SPEC §5.5: in_flight → needs_reconcile, never call mutate again blindly.
             # (A suspended run stays suspended while the background reconciler asks.)
             if run.status not in (RunStatus.MUTATING, RunStatus.SUSPENDED):
-                move(run, RunStatus.MUTATING, now, note="resumed: reconciling")
+                run.step(RunStatus.MUTATING, now, note="resumed: reconciling")
             cause = UncertainOutcome("the host stopped while this mutation was in flight")
-            connector = self.host.connections.get(last.connection)
-            done = ledger.reconcile_now(scope, last, connector, cause)
-            return self._mutate(scope, prepared, attempt=last.attempt + 1, reserve={},
-                                retries=len(muts) - 1, pending=done)
-        if last is not None and last.status is LedgerStatus.INDETERMINATE:
-            return self._outcome(run, last.status)
-        if (last is not None and last.status is LedgerStatus.FAILED
-                and rec.status is not RunStatus.FAILED):
-            recorded = ledger.failure_of(last)
-            if not recorded.retryable:
-                # The host stopped while recording this failure: record it, never re-send.
-                return self._fail(scope, recorded, Phase.MUTATE, {"prepared": prepared})
+            connector = self.host.connections.get(how.mutation.connection)
+            done = ledger.reconcile_now(scope, how.mutation, connector, cause)
+            return self._mutate(scope, prepared, attempt=how.attempt, claim=None,
+                                retries=how.retries, pending=done)
+        if how.step is resume.Step.RECORD_FAILURE:
+            assert how.mutation is not None
+            # The host stopped while recording this failure: record it, never re-send.
+            return self._fail(scope, ledger.failure_of(how.mutation), Phase.MUTATE,
+                              {"prepared": prepared})
         # No ledger entry, or the last attempt definitely failed: run mutate (SPEC §5.2, §5.5).
-        failed = sum(1 for m in muts if m.status is LedgerStatus.FAILED)
-        return self._mutate(scope, prepared, attempt=(last.attempt + 1) if last else 1,
-                            reserve={}, retries=max(0, failed - 1) if rec.status is not
-                            RunStatus.FAILED else 0)
+        return self._mutate(scope, prepared, attempt=how.attempt, claim=None,
+                            retries=how.retries)
 
     def reconcile_due(self, run_id: str, fence: Fence | None) -> RunOutcome:
         """The background reconciler's step (SPEC §6 step 5): one more reconcile of a
@@ -353,7 +326,7 @@ class Executor:
             "the host stopped during this producer run; nothing was committed and it runs "
             "again on schedule"), Phase.PRODUCER, {}, escalate=False)
 
-    def _next(self, scope: RunScope, prepared: dict[str, Any], reserve: dict[str, Any],
+    def _next(self, scope: RunScope, prepared: dict[str, Any], claim: EventClaim | None,
               sleep: Sleep | None = None,
               outcome: EventStatus = EventStatus.CONSUMED) -> RunOutcome:
         """SPEC §5.3: next always runs; its commit is one transaction."""
@@ -370,19 +343,19 @@ class Executor:
         except RunFailure as f:
             return self._fail(scope, f, Phase.NEXT,
                               {"prepared": prepared, "mutationResult": run.mutation_result},
-                              reserve=reserve)
+                              claim=claim)
         self._note_duplicates(scope, Phase.NEXT)
         faults.point("next.before_commit")
         return self._commit(
             scope, Phase.NEXT, {"prepared": prepared, "mutationResult": run.mutation_result},
-            reserve, lambda quota: self.host.store.commit_consumer_run(
+            claim, lambda quota: self.host.store.commit_consumer_run(
                 run, scope.fence, publishes=scope.publishes, state=state, outcome=outcome,
-                sleep=sleep, quota=quota, **reserve))
+                claim=claim, sleep=sleep, quota=quota))
 
     # ------------------------------------------------------------------ failures (SPEC §8)
 
     def _fail(self, scope: RunScope, failure: RunFailure, phase: Phase,
-              inputs: dict[str, Any], reserve: dict[str, Any] | None = None,
+              inputs: dict[str, Any], claim: EventClaim | None = None,
               escalate: bool = True) -> RunOutcome:
         run = scope.run
         cls = failure.failure_class
@@ -399,11 +372,11 @@ class Executor:
             "stack": failure.stack if isinstance(failure, ScriptError) else _host_stack(failure),
             "inputs": inputs,
         }
-        move(run, RunStatus.FAILED, self.host.clock.now(), note=f"{cls.value}: {failure.message}")
+        run.step(RunStatus.FAILED, self.host.clock.now(), note=f"{cls.value}: {failure.message}")
         if cls is FailureClass.LOGIC and escalate and self.host.repair_hook(failure, run):
             escalate = False  # SPEC §8: the Maintainer took it over
         status = route_failure(cls, run.handler, failure.message) if escalate else None
-        self.host.store.record_run(run, scope.fence, workflow_status=status, **(reserve or {}))
+        self.host.store.fail_run(run, scope.fence, claim=claim, workflow_status=status)
         return self._outcome(run)
 
     def _note_duplicates(self, scope: RunScope, phase: Phase) -> None:

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from keepflow.clock import Clock, SystemClock
 from keepflow.connectors.base import ToolKind
@@ -28,11 +28,30 @@ from keepflow.settings import Settings
 from keepflow.store.store import Store
 
 
+class Handoff(Protocol):
+    """Who carries a workflow's run on after a person's answer, when not this process.
+
+    The service layer asks; it does not know how the answer travels (the CLI's adapter,
+    ``keepflow.server.link.ServerLink``, tells a running server over its API)."""
+
+    def hand_over(self, workflow: str) -> bool:
+        """Have another process carry ``workflow`` on now; False: do it here."""
+        ...
+
+
+class NoHandoff:
+    """This process is the only one: every run is carried on here."""
+
+    def hand_over(self, workflow: str) -> bool:
+        return False
+
+
 class Host:
     def __init__(
         self, settings: Settings | None = None, *, clock: Clock | None = None,
         store: Store | None = None, connections: Connections | None = None,
         policies: PolicyBook | None = None, pool: SandboxPool | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.clock = clock or SystemClock()
@@ -44,6 +63,7 @@ class Host:
         self._owns_pool = pool is None
         self.owner = f"{_machine()}:{os.getpid()}:{new_id()[-8:]}"
         self.repair_hook: RepairHook = no_repair
+        self.handoff: Handoff = handoff or NoHandoff()
         self.executor = Executor(self)
 
     @property

@@ -31,23 +31,21 @@ from keepflow.errors import (
     UncertainOutcome,
 )
 from keepflow.model import (
+    EventClaim,
     LedgerStatus,
     MutationDraft,
     MutationRecord,
     Phase,
     RunStatus,
-    SuspendReason,
+    Settle,
     ToolCallRecord,
-    Transition,
 )
 from keepflow.runtime import outside
 from keepflow.runtime.bridge import DeclaredMutation, RunScope
 from keepflow.runtime.routing import route_indeterminate
-from keepflow.runtime.transitions import move
 from keepflow.runtime.values import json_size
 from keepflow.storable import escape_text
 from keepflow.store.rows import canonical_json
-from keepflow.store.store import Settle
 
 
 class Outcome(StrEnum):
@@ -96,7 +94,7 @@ def tool_call_of(scope: RunScope, m: MutationRecord | DeclaredMutation, key: str
 
 
 def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
-            reserve: dict[str, Any]) -> MutationOutcome:
+            claim: EventClaim | None) -> MutationOutcome:
     run = scope.run
     connector = scope.connections.get(declared.connection)
     key = idempotency_key(run.workflow_id, run.id, attempt)
@@ -105,7 +103,7 @@ def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
     approvals = scope.policy_for(declared.connection).approvals
     if approvals.requires(declared.connection, declared.tool, risk) and \
             not approved(run.approval, declared):
-        return _await_approval(scope, declared, connector.describe(call), reserve)
+        return _await_approval(scope, declared, connector.describe(call), claim)
     draft = MutationDraft(
         run_id=run.id, workflow_id=run.workflow_id, attempt=attempt,
         connection=declared.connection, connector_type=connector.type_name, tool=declared.tool,
@@ -113,7 +111,7 @@ def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
         can_reconcile=connector.can_reconcile(call),
     )
     # SPEC §6 step 2: in_flight is durable before the external call starts.
-    mutation = scope.store.record_in_flight(run, scope.fence, draft, **reserve)
+    mutation = scope.store.record_in_flight(run, scope.fence, draft, claim=claim)
     t0 = time.perf_counter()
     try:
         got = outside.call(connector, call, _result_cap(scope, declared.connection))
@@ -160,8 +158,8 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
                         reconciled=True)
     if answer_outcome is ReconcileOutcome.FAILED:
         error = cause.to_dict() | {"reconcile": answer_detail or "did not take effect"}
-        move(run, RunStatus.MUTATING, scope.clock.now(),
-             note=f"reconcile: attempt {mutation.attempt} did not take effect")
+        run.step(RunStatus.MUTATING, scope.clock.now(),
+                 note=f"reconcile: attempt {mutation.attempt} did not take effect")
         rec = scope.store.settle_mutation(run, scope.fence, Settle(
             mutation.id, LedgerStatus.FAILED, error=error, reconcile_attempted=True,
             resolved_by="reconcile"))
@@ -178,13 +176,11 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
                               reconciled=True)
     delay = policy.delay(attempts)
     if run.status is not RunStatus.SUSPENDED:
-        move(run, RunStatus.SUSPENDED, now,
-             note=f"reconciliation pending: {answer_detail or cause.message}")
-    run.suspend_reason = SuspendReason.NEEDS_RECONCILE
-    rec = scope.store.settle_mutation(run, scope.fence, Settle(
-        mutation.id, LedgerStatus.NEEDS_RECONCILE, error=cause.to_dict(),
-        reconcile_attempted=True, resolved_by="reconcile",
-        next_reconcile_at=now + timedelta(seconds=delay)))
+        run.step(RunStatus.SUSPENDED, now,
+                 note=f"reconciliation pending: {answer_detail or cause.message}")
+    rec = scope.store.suspend_for_reconcile(run, scope.fence, mutation.id,
+                                            error=cause.to_dict(),
+                                            next_at=now + timedelta(seconds=delay))
     return MutationOutcome(Outcome.SUSPENDED, rec, cause)
 
 
@@ -198,9 +194,8 @@ def _applied(scope: RunScope, mutation: MutationRecord, result: Any, *,
              resolved_by: str, reconciled: bool = False) -> MutationOutcome:
     run = scope.run
     run.mutation_result = {"status": "applied", "result": result}
-    move(run, RunStatus.MUTATED, scope.clock.now(),
-         note="reconciled: applied" if reconciled else None)
-    run.suspend_reason = None
+    run.step(RunStatus.MUTATED, scope.clock.now(),
+             note="reconciled: applied" if reconciled else None)
     rec = scope.store.settle_mutation(run, scope.fence, Settle(
         mutation.id, LedgerStatus.APPLIED, result=result, reconcile_attempted=reconciled,
         resolved_by=resolved_by))
@@ -226,18 +221,12 @@ def _indeterminate(scope: RunScope, mutation: MutationRecord, cause: ConnectorEr
     run = scope.run
     why = why or cause.message
     note = f"outcome unknown: {why}"
-    if run.status is not RunStatus.SUSPENDED:
-        move(run, RunStatus.SUSPENDED, scope.clock.now(), note=note)
-    else:
-        run.transitions.append(Transition(run.status, run.status, scope.clock.now(), note))
-    run.suspend_reason = SuspendReason.INDETERMINATE
+    run.step(RunStatus.SUSPENDED, scope.clock.now(), note=note)  # a note if already suspended
     status = route_indeterminate(mutation.description, scope.reserved_titles, why,
                                  can_verify=can_verify)
-    rec = scope.store.settle_mutation(
-        run, scope.fence, Settle(mutation.id, LedgerStatus.INDETERMINATE, error=cause.to_dict(),
-                                 resolved_by="reconcile" if reconciled else "host",
-                                 reconcile_attempted=reconciled),
-        workflow_status=status)
+    rec = scope.store.suspend_indeterminate(run, scope.fence, mutation.id,
+                                            error=cause.to_dict(), reconciled=reconciled,
+                                            workflow_status=status)
     return MutationOutcome(Outcome.SUSPENDED, rec, cause)
 
 
@@ -254,16 +243,15 @@ def approved(approval: dict[str, Any] | None, declared: DeclaredMutation) -> boo
 
 
 def _await_approval(scope: RunScope, declared: DeclaredMutation, description: str,
-                    reserve: dict[str, Any]) -> MutationOutcome:
+                    claim: EventClaim | None) -> MutationOutcome:
     """SPEC §6 step 1: the permission requires approval; suspend before anything happens."""
     run = scope.run
     now = scope.clock.now()
     run.approval = {"status": "pending", "requestedAt": now.isoformat(), "mutation": {
         "connection": declared.connection, "tool": declared.tool, "params": declared.params,
         "description": description}}
-    move(run, RunStatus.SUSPENDED, now, note=f"awaiting approval: {description}")
-    run.suspend_reason = SuspendReason.AWAITING_APPROVAL
-    scope.store.record_run(run, scope.fence, **reserve)
+    run.step(RunStatus.SUSPENDED, now, note=f"awaiting approval: {description}")
+    scope.store.await_approval(run, scope.fence, claim=claim)
     return MutationOutcome(Outcome.SUSPENDED, None)
 
 

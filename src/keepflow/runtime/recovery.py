@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from keepflow.errors import Conflict
-from keepflow.runtime.executor import RunOutcome
+from keepflow.runtime.outcome import RunOutcome
 from keepflow.storable import escape_text
 
 if TYPE_CHECKING:

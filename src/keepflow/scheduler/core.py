@@ -28,11 +28,11 @@ from typing import Literal
 from keepflow.errors import Conflict, KeepflowError, NotFound
 from keepflow.model import RunKind, RunStatus, WorkflowRecord, WorkflowStatus
 from keepflow.policies import backoff
-from keepflow.runtime.executor import RunOutcome
-from keepflow.sandbox.rules import WorkflowManifest
+from keepflow.runtime.outcome import RunOutcome
 from keepflow.scheduler import timing
 from keepflow.store.schedule import HandlerFacts
 from keepflow.store.store import Store
+from keepflow.workflow import WorkflowManifest
 
 Trigger = Literal["schedule", "event", "manual", "resume", "reconcile"]
 

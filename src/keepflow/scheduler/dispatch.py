@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from keepflow.errors import Conflict
 from keepflow.model import Fence, RunKind
-from keepflow.runtime.executor import RunOutcome
 from keepflow.runtime.host import Host
+from keepflow.runtime.outcome import RunOutcome
 from keepflow.scheduler.core import RunRequest
 
 

@@ -3,8 +3,8 @@ clock. Deterministic: used by tests (with a fake clock) and by ``keepflow drain`
 
 from __future__ import annotations
 
-from keepflow.runtime.executor import RunOutcome
 from keepflow.runtime.host import Host
+from keepflow.runtime.outcome import RunOutcome
 from keepflow.scheduler.core import RunRequest, Scheduler
 from keepflow.scheduler.dispatch import execute
 from keepflow.scheduler.leases import Leases

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from keepflow.model import Fence
+from keepflow.model import LEASE_TTL, Fence
 from keepflow.runtime.host import Host, dead_local_process
-from keepflow.store.store import LEASE_TTL
 
 
 class Leases:

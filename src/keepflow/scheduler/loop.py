@@ -20,8 +20,8 @@ from typing import Any
 
 from keepflow.clock import SystemClock
 from keepflow.errors import Cancelled, KeepflowError, LeaseLost
-from keepflow.runtime.executor import RunOutcome
 from keepflow.runtime.host import Host
+from keepflow.runtime.outcome import RunOutcome
 from keepflow.scheduler.core import RunRequest, Scheduler
 from keepflow.scheduler.dispatch import execute
 from keepflow.scheduler.leases import Leases

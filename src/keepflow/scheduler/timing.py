@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
 
-from keepflow.sandbox.rules import Schedule
+from keepflow.workflow import Schedule
 
 _MAX_CRON_STEPS = 10_000  # a guard: cron expressions always advance, this never triggers
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
+from sqlalchemy.pool import StaticPool
 
 from keepflow.errors import ConfigError
 
@@ -32,7 +33,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
 
 def _sqlite_engine(url: str, echo: bool) -> Engine:
-    path = url.split("///", 1)[-1]
+    path = make_url(url).database or ""
     if path and path != ":memory:":
         folder = Path(path).parent
         try:
@@ -41,10 +42,13 @@ def _sqlite_engine(url: str, echo: bool) -> Engine:
             raise ConfigError(f"cannot use {folder} for the store: {exc.strerror or exc} (check "
                               "KEEPFLOW_HOME: it must be a directory keepflow may write)"
                               ) from None
-    engine = create_engine(
-        url, echo=echo, pool_size=5, max_overflow=10,
-        connect_args={"check_same_thread": False, "timeout": 60},
-    )
+    connect_args = {"check_same_thread": False, "timeout": 60}
+    if path and path != ":memory:":
+        engine = create_engine(url, echo=echo, pool_size=5, max_overflow=10,
+                               connect_args=connect_args)
+    else:
+        # In memory (``sqlite://``: unit tests): one database, so one shared connection.
+        engine = create_engine(url, echo=echo, poolclass=StaticPool, connect_args=connect_args)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

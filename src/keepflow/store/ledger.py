@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from keepflow.errors import StoreError
+from keepflow.errors import TransitionRefused
 from keepflow.model import LedgerStatus, MutationDraft, MutationRecord
 from keepflow.store import rows
 from keepflow.store.schema import mutations
@@ -78,9 +78,9 @@ def settle_txn(
     if row is not None:
         return rows.mutation(row)
     current = get(conn, mutation_id)
-    raise StoreError(
+    raise TransitionRefused(
         f"ledger attempt {current.attempt} of run {current.run_id} is {current.status.value}; "
-        f"it cannot become {status.value}"
+        f"it cannot become {status.value} (nothing was written)"
     )
 
 

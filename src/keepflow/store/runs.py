@@ -18,7 +18,9 @@ from keepflow.store.schema import handler_state, run_logs, run_transitions, runs
 _RUN_COLUMNS = ("status", "suspend_reason", "prepared", "mutation_result", "failure", "approval",
                 "updated_at", "finished_at")
 _INSERT_RUN = insert(runs)
-_UPDATE_RUN = (update(runs).where(runs.c.id == bindparam("b_id"))
+#: Compare-and-set: the row changes only if it still holds the status the run started from.
+_UPDATE_RUN = (update(runs).where(runs.c.id == bindparam("b_id"),
+                                  runs.c.status == bindparam("b_expected"))
                .values({c: bindparam(f"b_{c}") for c in _RUN_COLUMNS}))
 _INSERT_TRANSITIONS = insert(run_transitions)
 _INSERT_TOOL_CALLS = insert(tool_calls)
@@ -28,8 +30,12 @@ _STATE_KEY = (handler_state.c.workflow_id == bindparam("b_workflow_id"),
 _LOAD_STATE = select(handler_state.c.has_state, handler_state.c.state).where(*_STATE_KEY)
 
 
-def flush_run_txn(conn: Connection, run: RunDraft, now: datetime) -> None:
-    """Write the run row and everything it accumulated since the last durable point."""
+def flush_run_txn(conn: Connection, run: RunDraft, now: datetime) -> bool:
+    """Write the run row and everything it accumulated since the last durable point.
+
+    Only ``store/transitions.py`` calls this, after checking the run's path. Returns False —
+    having written nothing — when the stored row no longer holds ``run.durable_status``.
+    """
     values: dict[str, Any] = {
         "status": run.status.value,
         "suspend_reason": run.suspend_reason.value if run.suspend_reason else None,
@@ -40,8 +46,12 @@ def flush_run_txn(conn: Connection, run: RunDraft, now: datetime) -> None:
         "updated_at": now,
         "finished_at": run.finished_at,
     }
-    if run.persisted:
-        conn.execute(_UPDATE_RUN, {"b_id": run.id, **{f"b_{k}": v for k, v in values.items()}})
+    if run.durable_status is not None:
+        changed = conn.execute(_UPDATE_RUN, {
+            "b_id": run.id, "b_expected": run.durable_status.value,
+            **{f"b_{k}": v for k, v in values.items()}}).rowcount
+        if changed != 1:
+            return False
     else:
         conn.execute(_INSERT_RUN, {
             "id": run.id, "workflow_id": run.workflow_id, "version_id": run.version_id,
@@ -68,6 +78,7 @@ def flush_run_txn(conn: Connection, run: RunDraft, now: datetime) -> None:
              "level": lg.level, "message": lg.message, "at": lg.at}
             for lg in run.logs
         ])
+    return True
 
 
 def get(conn: Connection, run_id: str) -> RunRecord:
@@ -75,6 +86,11 @@ def get(conn: Connection, run_id: str) -> RunRecord:
     if row is None:
         raise NotFound(f"no run {run_id} (see `keepflow runs WORKFLOW`)")
     return rows.run(row)
+
+
+def status_of(conn: Connection, run_id: str) -> RunStatus | None:
+    row = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).first()
+    return RunStatus(row.status) if row else None
 
 
 def status_for_update(conn: Connection, run_id: str) -> RunStatus | None:

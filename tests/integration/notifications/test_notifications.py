@@ -8,11 +8,10 @@ import threading
 import pytest
 
 from keepflow.clock import FakeClock
-from keepflow.ids import new_id
 from keepflow.model import (
+    EventClaim,
     NotificationKind,
     Reservation,
-    RunDraft,
     RunKind,
     RunStatus,
     WebhookStatus,
@@ -21,6 +20,7 @@ from keepflow.model import (
 from keepflow.notifications import sweep
 from keepflow.policies import NotificationPolicy, Policy, PolicyBook
 from keepflow.store.store import Store
+from tests.support import runs
 from tests.support.notify import DAY, REASON, open_now, publish, run, workflow
 
 pytestmark = pytest.mark.integration
@@ -137,11 +137,10 @@ def test_stale_threshold_is_per_workflow_and_ignores_reserved_events(
     publish(store, quick, clock, "q")
     publish(store, slow, clock, "s")
     publish(store, slow, clock, "r", topic="held")
-    store.record_run(RunDraft(
-        id=new_id(), workflow_id=slow[0], version_id=slow[1], handler="c",
-        kind=RunKind.CONSUMER, trigger="test", status=RunStatus.PREPARED,
-        created_at=clock.now()), None, reserve=[Reservation("held", ("r",))],
-        subscribed=["held"])
+    store.checkpoint_run(
+        runs.draft(slow[0], slow[1], clock.now(), RunStatus.PREPARED, kind=RunKind.CONSUMER,
+                   handler="c"),
+        None, claim=EventClaim((Reservation("held", ("r",)),), ("held",)))
     clock.advance(2 * DAY)
     sweep(store, policies, clock.now())
     assert [(n.workflow, n.key) for n in open_now(store)] == [("quick", "items")]

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from keepflow import faults, service
-from keepflow.model import RunDraft, RunKind, RunStatus, Transition
+from keepflow.model import RunDraft, RunKind, RunStatus
 from keepflow.runtime.host import Host
 from keepflow.runtime.recovery import recover
+from tests.support import runs
 from tests.support.sink import Sink
 from tests.support.workflows import (
     RECONCILABLE_POST,
@@ -199,33 +200,30 @@ def test_crash_after_a_definite_transient_failure_remutates(host, tmp_path: Path
     assert [m["status"] for m in run_detail(host, run_id)["mutations"]] == ["failed", "applied"]
 
 
-def _synthetic(host: Host, status: RunStatus, prepared: object) -> RunDraft:
+def _synthetic(host: Host, status: RunStatus, prepared: object,
+               kind: RunKind = RunKind.CONSUMER, handler: str = "work") -> RunDraft:
     wf = host.store.get_workflow("wf")
     assert wf.current_version_id is not None
-    now = host.clock.now()
-    run = RunDraft(id="01SYNTHETICRUN000000000000", workflow_id=wf.id,
-                   version_id=wf.current_version_id, handler="work", kind=RunKind.CONSUMER,
-                   trigger="test", status=status, created_at=now, prepared=prepared,
-                   transitions=[Transition(None, status, now, "synthetic")])
-    return run
+    return runs.draft(wf.id, wf.current_version_id, host.clock.now(), status, kind=kind,
+                      handler=handler, run_id="01SYNTHETICRUN000000000000", prepared=prepared)
 
 
 def test_durable_preparing_reruns_prepare(host, tmp_path: Path, sink: Sink) -> None:
     setup(host, tmp_path)
-    host.store.record_run(_synthetic(host, RunStatus.PREPARING, None), None)
+    host.store.checkpoint_run(_synthetic(host, RunStatus.PREPARING, None), None)
     finish(host)
     assert run_detail(host, "01SYNTHETICRUN000000000000")["status"] == "committed"
     assert len(sink.applied) == 1
 
 
 def test_durable_prepared_without_ledger_runs_mutate(host, tmp_path: Path, sink: Sink) -> None:
-    from keepflow.model import Reservation
+    from keepflow.model import EventClaim, Reservation
 
     setup(host, tmp_path)
     prepared = {"reservations": [{"topic": "items", "ids": ["a"]}],
                 "data": {"event": {"messageId": "a", "title": "Item a"}}}
-    host.store.record_run(_synthetic(host, RunStatus.PREPARED, prepared), None,
-                          reserve=[Reservation("items", ("a",))], subscribed=["items"])
+    host.store.checkpoint_run(_synthetic(host, RunStatus.PREPARED, prepared), None,
+                              claim=EventClaim((Reservation("items", ("a",)),), ("items",)))
     finish(host)
     detail = run_detail(host, "01SYNTHETICRUN000000000000")
     assert detail["status"] == "committed"
@@ -254,9 +252,8 @@ def test_suspended_needs_reconcile_stays_suspended_on_restart(host, tmp_path: Pa
 def test_durable_running_producer_is_discarded(host, tmp_path: Path) -> None:
     """SPEC §5.5: producer running → discard; nothing was committed; it runs again."""
     setup(host, tmp_path)
-    run = _synthetic(host, RunStatus.RUNNING, None)
-    run.handler, run.kind = "seed", RunKind.PRODUCER
-    host.store.record_run(run, None)
+    run = _synthetic(host, RunStatus.RUNNING, None, kind=RunKind.PRODUCER, handler="seed")
+    host.store.checkpoint_run(run, None)
     fresh = restart(host)
     [out] = recover(fresh).resumed
     assert out.status is RunStatus.FAILED

@@ -7,19 +7,31 @@ from datetime import timedelta
 import pytest
 
 from keepflow.clock import FakeClock
-from keepflow.errors import LeaseLost, ReservationRejected, StoreError
+from keepflow.errors import (
+    LeaseLost,
+    NotFound,
+    ReservationRejected,
+    RunChanged,
+    TransitionRefused,
+)
 from keepflow.model import (
+    LEASE_TTL,
+    EventClaim,
     EventDraft,
+    EventStatus,
     LedgerStatus,
     MutationDraft,
     Reservation,
     RunDraft,
     RunKind,
     RunStatus,
+    Settle,
     StateUpdate,
 )
+from keepflow.store import runs as store_runs
 from keepflow.store.rows import sha256_json
-from keepflow.store.store import LEASE_TTL, Settle, Store
+from keepflow.store.store import Store
+from tests.support import runs
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +58,7 @@ def _setup(store: Store, clock: FakeClock) -> tuple[str, str]:
 def _run(wid: str, vid: str, clock: FakeClock, kind: RunKind = RunKind.PRODUCER,
          run_id: str = "01RUN0000000000000000000AA") -> RunDraft:
     status = RunStatus.COMMITTED if kind is RunKind.PRODUCER else RunStatus.MUTATING
-    return RunDraft(id=run_id, workflow_id=wid, version_id=vid, handler="h", kind=kind,
-                    trigger="test", status=status, created_at=clock.now())
+    return runs.draft(wid, vid, clock.now(), status, kind=kind, run_id=run_id)
 
 
 def _event(mid: str, payload: object = None) -> EventDraft:
@@ -96,11 +107,16 @@ def test_reservation_conflicts_are_refused_atomically(store: Store, clock: FakeC
     wid, vid = _setup(store, clock)
     store.commit_producer_run(_run(wid, vid, clock), None, [_event("a"), _event("b")], None)
     first = _run(wid, vid, clock, RunKind.CONSUMER, "01RUN0000000000000000000C1")
-    store.record_run(first, None, reserve=[Reservation("items", ("a",))], subscribed=["items"])
+    first = runs.draft(wid, vid, clock.now(), RunStatus.PREPARED, kind=RunKind.CONSUMER,
+                       run_id=first.id)
+    store.checkpoint_run(first, None, claim=EventClaim((Reservation("items", ("a",)),),
+                                                       ("items",)))
     second = _run(wid, vid, clock, RunKind.CONSUMER, "01RUN0000000000000000000C2")
     with pytest.raises(ReservationRejected, match="reserved by run 01RUN0000000000000000000C1"):
-        store.record_run(second, None, reserve=[Reservation("items", ("b", "a"))],
-                         subscribed=["items"])
+        store.checkpoint_run(
+            runs.draft(wid, vid, clock.now(), RunStatus.PREPARED, kind=RunKind.CONSUMER,
+                       run_id=second.id),
+            None, claim=EventClaim((Reservation("items", ("b", "a")),), ("items",)))
     # nothing of the refused commit happened: b is still free, the run row does not exist
     assert store.events_by_ids(wid, "items", ["b"])["b"].reserved_by is None
     with pytest.raises(Exception, match="no run"):
@@ -115,11 +131,69 @@ def test_ledger_refuses_illegal_moves(store: Store, clock: FakeClock) -> None:
         tool="post", params={}, idempotency_key="k1", description="POST x",
         can_reconcile=True))
     assert m.status is LedgerStatus.IN_FLIGHT
+    run.step(RunStatus.MUTATED, clock.now())
     applied = store.settle_mutation(run, None, Settle(m.id, LedgerStatus.APPLIED, result={"ok": 1}))
     assert applied.status is LedgerStatus.APPLIED
-    with pytest.raises(StoreError, match="cannot become failed"):
-        store.settle_mutation(run, None, Settle(m.id, LedgerStatus.FAILED))
+    # The ledger's own compare-and-set: an applied attempt never becomes failed, whoever asks.
+    other = _run(wid, vid, clock, RunKind.CONSUMER, "01RUN0000000000000000000D2")
+    with pytest.raises(TransitionRefused, match="cannot become failed"):
+        store.settle_mutation(other, None, Settle(m.id, LedgerStatus.FAILED))
     assert store.mutations_of(run.id)[0].result == {"ok": 1}
+    with pytest.raises(NotFound):
+        store.get_run(other.id)  # the refused transaction wrote nothing
+
+
+def _snapshot(store: Store, run_id: str) -> tuple[object, ...]:
+    with store.read() as conn:
+        return (store.get_run(run_id), store.mutations_of(run_id),
+                store_runs.transitions(conn, run_id))
+
+
+def test_a_transition_from_a_stale_run_status_is_refused_and_changes_nothing(
+        store: Store, clock: FakeClock) -> None:
+    """Compare-and-set on the run: a second actor holding the old status cannot move it."""
+    wid, vid = _setup(store, clock)
+    run = _run(wid, vid, clock, RunKind.CONSUMER, "01RUN0000000000000000000E1")
+    m = store.record_in_flight(run, None, MutationDraft(
+        run_id=run.id, workflow_id=wid, attempt=1, connection="api", connector_type="http",
+        tool="post", params={}, idempotency_key="k1", description="POST x",
+        can_reconcile=True))
+    stale = RunDraft.from_record(store.get_run(run.id))
+    run.step(RunStatus.MUTATED, clock.now())
+    store.settle_mutation(run, None, Settle(m.id, LedgerStatus.APPLIED, result={"ok": 1}))
+    before = _snapshot(store, run.id)
+    stale.step(RunStatus.SUSPENDED, clock.now(), note="someone else's idea")
+    with pytest.raises(RunChanged, match="is now mutated in the store, not mutating"):
+        store.suspend_for_reconcile(stale, None, m.id, error={"code": "x"},
+                                    next_at=clock.now())
+    assert _snapshot(store, run.id) == before
+    assert stale.transitions, "the refused path is kept for the caller to look at"
+
+
+@pytest.mark.parametrize("path", [
+    (RunStatus.PREPARING, RunStatus.PREPARED, RunStatus.COMMITTED),  # skips next
+    (RunStatus.RUNNING, RunStatus.COMMITTED, RunStatus.RUNNING),  # out of a finished run
+    (RunStatus.PREPARING, RunStatus.PREPARED, RunStatus.EMITTING),  # does not end committed
+])
+def test_an_illegal_run_path_is_refused_before_the_store_is_touched(
+        store: Store, clock: FakeClock, path: tuple[RunStatus, ...]) -> None:
+    wid, vid = _setup(store, clock)
+    store.commit_producer_run(_run(wid, vid, clock), None, [_event("a")], None)
+    run = RunDraft(id="01RUN0000000000000000000F1", workflow_id=wid, version_id=vid,
+                   handler="h", kind=RunKind.CONSUMER, trigger="test",
+                   status=RunStatus.PENDING, created_at=clock.now())
+    for to in path:
+        run.step(to, clock.now())
+    with pytest.raises(TransitionRefused, match=r"refused, .*nothing was written"):
+        store.commit_consumer_run(
+            run, None, publishes=[_event("b")], state=StateUpdate("h", 1),
+            outcome=EventStatus.CONSUMED,
+            claim=EventClaim((Reservation("items", ("a",)),), ("items",)))
+    with pytest.raises(NotFound):
+        store.get_run(run.id)
+    assert store.events_by_ids(wid, "items", ["a"])["a"].reserved_by is None
+    assert store.events_by_ids(wid, "items", ["b"]) == {}
+    assert store.load_state(wid, "h") == (False, None)
 
 
 def test_timestamps_are_utc_aware(store: Store, clock: FakeClock) -> None:

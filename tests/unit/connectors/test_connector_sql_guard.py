@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from keepflow.connectors.sql_allow import AllowList
-from keepflow.connectors.sql_allow_pg import inspect_statement, server_sql
-from keepflow.connectors.sql_guard import check_select
+from keepflow.connectors.sql.allow import AllowList
+from keepflow.connectors.sql.allow_pg import inspect_statement, server_sql
+from keepflow.connectors.sql.guard import check_select
 from keepflow.errors import PermanentError
 
 

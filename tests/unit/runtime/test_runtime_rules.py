@@ -9,12 +9,12 @@ import pytest
 
 from keepflow import faults, ids
 from keepflow.connectors.base import ToolKind
-from keepflow.errors import ConfigError, FailureClass, PhaseViolation, StoreError
+from keepflow.errors import ConfigError, FailureClass, PhaseViolation
 from keepflow.model import RunDraft, RunKind, RunStatus, WorkflowStatus
 from keepflow.policies import PolicyBook, RetryPolicy
 from keepflow.runtime.phases import RULES, Phase
 from keepflow.runtime.routing import route_failure, route_indeterminate
-from keepflow.runtime.transitions import move
+from keepflow.store.transitions import path_error
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -44,20 +44,47 @@ def _run(status: RunStatus) -> RunDraft:
                     trigger="t", status=status, created_at=NOW)
 
 
+ENDS_COMMITTED = frozenset({RunStatus.COMMITTED})
+
+
 def test_transitions_follow_the_spec_lifecycle() -> None:
     run = _run(RunStatus.PENDING)
     for to in (RunStatus.PREPARING, RunStatus.PREPARED, RunStatus.MUTATING, RunStatus.MUTATED,
                RunStatus.EMITTING, RunStatus.COMMITTED):
-        move(run, to, NOW)
+        run.step(to, NOW)
     assert run.finished_at == NOW
-    assert [t.to_status for t in run.transitions][-1] is RunStatus.COMMITTED
-    with pytest.raises(StoreError, match="illegal transition committed → preparing"):
-        move(run, RunStatus.PREPARING, NOW)
+    assert path_error(RunStatus.PENDING, run, ENDS_COMMITTED) is None
+    run.step(RunStatus.PREPARING, NOW)
+    assert path_error(RunStatus.PENDING, run, ENDS_COMMITTED) == (
+        "committed → preparing is not a legal run transition")
 
 
 def test_prepared_cannot_skip_to_committed() -> None:
-    with pytest.raises(StoreError):
-        move(_run(RunStatus.PREPARED), RunStatus.COMMITTED, NOW)
+    run = _run(RunStatus.PENDING)
+    for to in (RunStatus.PREPARING, RunStatus.PREPARED, RunStatus.COMMITTED):
+        run.step(to, NOW)
+    assert "prepared → committed is not a legal" in str(
+        path_error(RunStatus.PENDING, run, ENDS_COMMITTED))
+
+
+def test_a_path_must_start_where_the_store_stands_and_end_where_the_transition_ends() -> None:
+    run = _run(RunStatus.PENDING)
+    run.step(RunStatus.PREPARING, NOW)
+    assert "path says pending → preparing but it is mutating" in str(
+        path_error(RunStatus.MUTATING, run, ENDS_COMMITTED))
+    assert "must end committed" in str(path_error(RunStatus.PENDING, run, ENDS_COMMITTED))
+    run.step(RunStatus.PREPARING, NOW, note="a note keeps the status")
+    assert path_error(RunStatus.PENDING, run, frozenset({RunStatus.PREPARING})) is None
+
+
+def test_rewind_forgets_the_unwritten_path() -> None:
+    run = _run(RunStatus.PENDING)
+    for to in (RunStatus.RUNNING, RunStatus.COMMITTED):
+        run.step(to, NOW)
+    run.rewind(keep=1)
+    assert (run.status, run.finished_at, len(run.transitions)) == (RunStatus.RUNNING, None, 1)
+    run.rewind()
+    assert (run.status, run.transitions) == (RunStatus.PENDING, [])
 
 
 def test_routing_says_what_to_do() -> None:

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from keepflow.sandbox.rules import Schedule
 from keepflow.scheduler.timing import describe, first_due, following, next_fire
+from keepflow.workflow import Schedule
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -10,14 +10,14 @@ import pytest
 from validation_samples import PHASES, SPEC_EXAMPLE, rules, spec_example_manifest
 
 from keepflow.sandbox.findings import has_errors
-from keepflow.sandbox.rules import (
+from keepflow.sandbox.manifest_rules import check_manifest
+from keepflow.workflow import (
     ConsumerSpec,
     ProducerSpec,
     Schedule,
     ScheduleError,
     WorkflowManifest,
     build_manifest,
-    check_manifest,
     parse_schedule,
 )
 

@@ -12,7 +12,7 @@ from typing import Any
 from validation_samples import PHASES, TOOL_KINDS
 
 from keepflow.sandbox.findings import format_finding, has_errors
-from keepflow.sandbox.rules import check_manifest
+from keepflow.sandbox.manifest_rules import check_manifest
 from keepflow.sandbox.static import analyze
 
 BROKEN = """\
