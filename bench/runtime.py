@@ -32,8 +32,8 @@ from keepflow.sandbox.api import HostCall, Invocation, Reply, Resolve
 from keepflow.sandbox.pool import SandboxPool
 from keepflow.settings import Settings
 from keepflow.store import events as ev
-from keepflow.store.engine import READ_ONLY
-from keepflow.store.rows import sha256_json
+from keepflow.store.convert import sha256_json
+from keepflow.store.database import READ_ONLY
 
 SCRIPT = """
 // A typical small workflow: ~50 lines.

@@ -39,7 +39,7 @@ from keepflow.settings import Settings
 from keepflow.store import events as ev
 from keepflow.store import schedule as sched_rows
 from keepflow.store import workflows as wfs
-from keepflow.store.rows import sha256_json
+from keepflow.store.convert import sha256_json
 
 #: Gives the URL of a new, empty store each time it is called (``None``: SQLite in the
 #: benchmark's temporary home), so every measurement starts from nothing.

@@ -43,7 +43,7 @@ def pg_template(pg_admin_url: str) -> str:
     """A database migrated once; each test copies it (fast, isolated)."""
     import sqlalchemy as sa
 
-    from keepflow.store.engine import make_engine, migrate
+    from keepflow.store.database import make_engine, migrate
 
     name = f"kf_template_{os.getpid()}"  # one per test process (pytest-xdist workers)
     admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")

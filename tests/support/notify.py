@@ -7,7 +7,7 @@ from typing import Any
 from keepflow.clock import FakeClock
 from keepflow.model import EventDraft, NotificationRecord, RunStatus
 from keepflow.policies import NotificationPolicy, Policy, PolicyBook
-from keepflow.store.rows import sha256_json
+from keepflow.store.convert import sha256_json
 from keepflow.store.store import Store
 from tests.support import runs
 

@@ -45,7 +45,7 @@ from keepflow.runtime.bridge import DeclaredMutation, RunScope
 from keepflow.runtime.routing import route_indeterminate
 from keepflow.runtime.values import json_size
 from keepflow.storable import escape_text
-from keepflow.store.rows import canonical_json
+from keepflow.store.convert import canonical_json
 
 
 class Outcome(StrEnum):

@@ -14,7 +14,7 @@ from typing import Any
 
 from keepflow.errors import InvalidResult
 from keepflow.model import EventDraft, Reservation
-from keepflow.store.rows import canonical_json
+from keepflow.store.convert import canonical_json
 
 TITLE_MAX = 200  # SPEC §3
 MESSAGE_ID_MAX = 256  # SPEC §3

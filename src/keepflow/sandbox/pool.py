@@ -29,9 +29,9 @@ from keepflow.sandbox.api import (
     SandboxLimits,
     Terminate,
 )
+from keepflow.sandbox.encoding import encode_for_js
 from keepflow.sandbox.process import WorkerProcess
 from keepflow.sandbox.protocol import ProtocolTimeout
-from keepflow.sandbox.values import encode_for_js
 from keepflow.storable import escape_deep, escape_text, first_unstorable, maybe_unstorable
 
 MAX_LOG_ENTRIES = 1000

@@ -9,8 +9,8 @@ from keepflow.model import Fence
 from keepflow.store import events as ev
 from keepflow.store import runs, schedule
 from keepflow.store import workflows as wf
-from keepflow.store.base import StoreBase
 from keepflow.store.schedule import HandlerFacts, LastRun
+from keepflow.store.session import StoreBase
 
 
 class SchedulerBookkeeping(StoreBase):

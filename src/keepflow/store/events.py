@@ -15,7 +15,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from keepflow.errors import Conflict, NotFound, ReservationRejected
 from keepflow.model import EventDraft, EventRecord, EventStatus, PublishReport, Reservation
-from keepflow.store import rows
+from keepflow.store import convert
 from keepflow.store.schema import event_history, events, reservations
 
 #: Pending and unreserved: the predicate of the partial index ``ix_events_ready``. The status is
@@ -87,7 +87,7 @@ def publish_txn(
 def peek(conn: Connection, workflow_id: str, topic: str, limit: int) -> list[EventRecord]:
     """Pending, unreserved events of a topic in append order (SPEC §3, §5.1)."""
     got = conn.execute(_PEEK, {"b_workflow_id": workflow_id, "b_topic": topic, "b_limit": limit})
-    return [rows.event(r) for r in got.mappings()]
+    return [convert.event(r) for r in got.mappings()]
 
 
 def by_message_ids(
@@ -95,7 +95,7 @@ def by_message_ids(
 ) -> dict[str, EventRecord]:
     got = conn.execute(_BY_MESSAGE_IDS, {"b_workflow_id": workflow_id, "b_topic": topic,
                                          "b_ids": list(message_ids)})
-    return {r["message_id"]: rows.event(r) for r in got.mappings()}
+    return {r["message_id"]: convert.event(r) for r in got.mappings()}
 
 
 def payload_hashes(conn: Connection, workflow_id: str, topic: str, message_ids: Iterable[str]

@@ -8,7 +8,7 @@ from typing import Any
 from keepflow.model import EventRecord, VersionRecord, WorkflowRecord, WorkflowStatus
 from keepflow.store import events as ev
 from keepflow.store import workflows as wf
-from keepflow.store.base import StoreBase
+from keepflow.store.session import StoreBase
 
 
 class PeopleOperations(StoreBase):

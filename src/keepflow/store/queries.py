@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from keepflow.model import EventRecord, EventStatus, RunRecord
-from keepflow.store import rows
+from keepflow.store import convert
 from keepflow.store.schema import events, reservations, runs
 
 
@@ -21,7 +21,7 @@ def list_events(conn: Connection, workflow_id: str, *, topic: str | None = None,
         q = q.where(events.c.status == status.value)
     pending_first = (events.c.status != EventStatus.PENDING.value)
     q = q.order_by(pending_first, events.c.id.desc()).limit(limit)
-    return [rows.event(r) for r in conn.execute(q).mappings()]
+    return [convert.event(r) for r in conn.execute(q).mappings()]
 
 
 def topic_counts(conn: Connection, workflow_id: str) -> dict[str, dict[str, int]]:
@@ -36,7 +36,7 @@ def topic_counts(conn: Connection, workflow_id: str) -> dict[str, dict[str, int]
 def list_runs(conn: Connection, workflow_id: str, limit: int = 100) -> list[RunRecord]:
     q = select(runs).where(runs.c.workflow_id == workflow_id).order_by(runs.c.id.desc()) \
         .limit(limit)
-    return [rows.run(r) for r in conn.execute(q).mappings()]
+    return [convert.run(r) for r in conn.execute(q).mappings()]
 
 
 def run_reservations(conn: Connection, run_id: str) -> list[dict[str, Any]]:

@@ -22,13 +22,13 @@ from keepflow.model import (
     VersionRecord,
     WorkflowRecord,
 )
+from keepflow.store import convert, ledger_records, queries, runs, schedule
 from keepflow.store import events as ev
-from keepflow.store import ledger, queries, rows, runs, schedule
 from keepflow.store import workflows as wf
-from keepflow.store.base import StoreBase
 from keepflow.store.schedule import HandlerFacts, LastRun
 from keepflow.store.schema import events
 from keepflow.store.schema import runs as run_table
+from keepflow.store.session import StoreBase
 
 #: Event counts per topic and status (``{"pending": n, "consumed": n, "skipped": n}``).
 TopicCounts = dict[str, dict[str, int]]
@@ -160,12 +160,12 @@ class ReadModels(StoreBase):
                     run_table.c.workflow_id == w.id,
                     run_table.c.status.in_([RunStatus.SUSPENDED.value, RunStatus.FAILED.value]))
                      .order_by(run_table.c.id))
-                blocked = [_blocked(conn, rows.run(r)) for r in conn.execute(q).mappings()]
+                blocked = [_blocked(conn, convert.run(r)) for r in conn.execute(q).mappings()]
                 stale_q = (select(events).where(
                     events.c.workflow_id == w.id, events.c.status == EventStatus.PENDING.value,
                     events.c.reserved_by.is_(None), events.c.created_at < stale_before(w))
                            .order_by(events.c.id).limit(stale_limit))
-                stale = [rows.event(r) for r in conn.execute(stale_q).mappings()]
+                stale = [convert.event(r) for r in conn.execute(stale_q).mappings()]
                 out.append(InboxFacts(w, blocked, stale))
         return out
 
@@ -175,7 +175,7 @@ def _version(conn: Connection, w: WorkflowRecord) -> VersionRecord | None:
 
 
 def _summary(conn: Connection, r: RunRecord) -> RunSummary:
-    return RunSummary(r, runs.transitions(conn, r.id), ledger.for_run(conn, r.id))
+    return RunSummary(r, runs.transitions(conn, r.id), ledger_records.for_run(conn, r.id))
 
 
 def _facts(conn: Connection, w: WorkflowRecord) -> WorkflowFacts:
@@ -196,5 +196,5 @@ def _blocked(conn: Connection, r: RunRecord) -> BlockedRun:
     newer = conn.execute(select(run_table.c.id).where(
         run_table.c.workflow_id == r.workflow_id, run_table.c.handler == r.handler,
         run_table.c.id > r.id).limit(1)).first()
-    return BlockedRun(r, ledger.for_run(conn, r.id), ev.reserved_titles(conn, r.id), holds,
+    return BlockedRun(r, ledger_records.for_run(conn, r.id), ev.reserved_titles(conn, r.id), holds,
                       latest_of_handler=newer is None)

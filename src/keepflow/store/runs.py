@@ -10,7 +10,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from keepflow.errors import NotFound
 from keepflow.model import RunDraft, RunRecord, RunStatus, StateUpdate
-from keepflow.store import rows
+from keepflow.store import convert
 from keepflow.store.schema import handler_state, run_logs, run_transitions, runs, tool_calls
 
 # Statements of the hot path are built once (SPEC §5: a consumer run writes at three points);
@@ -85,7 +85,7 @@ def get(conn: Connection, run_id: str) -> RunRecord:
     row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
     if row is None:
         raise NotFound(f"no run {run_id} (see `keepflow runs WORKFLOW`)")
-    return rows.run(row)
+    return convert.run(row)
 
 
 def status_of(conn: Connection, run_id: str) -> RunStatus | None:

@@ -30,14 +30,14 @@ from keepflow.model import (
     WorkflowRecord,
 )
 from keepflow.store import events as ev
-from keepflow.store import ledger, runs
+from keepflow.store import ledger_records, runs
 from keepflow.store import workflows as wf
 from keepflow.store.bookkeeping import SchedulerBookkeeping
-from keepflow.store.engine import make_engine, migrate
-from keepflow.store.notifications import NotificationStore
+from keepflow.store.convert import utcnow
+from keepflow.store.database import make_engine, migrate
+from keepflow.store.notification_records import NotificationStore
 from keepflow.store.operations import PeopleOperations
 from keepflow.store.read_models import ReadModels
-from keepflow.store.rows import utcnow
 from keepflow.store.transitions import RunTransitions
 
 
@@ -141,8 +141,8 @@ class Store(RunTransitions, ReadModels, PeopleOperations, SchedulerBookkeeping, 
 
     def mutations_of(self, run_id: str) -> list[MutationRecord]:
         with self.read() as conn:
-            return ledger.for_run(conn, run_id)
+            return ledger_records.for_run(conn, run_id)
 
     def mutations_with_status(self, status: LedgerStatus) -> list[MutationRecord]:
         with self.read() as conn:
-            return ledger.with_status(conn, status)
+            return ledger_records.with_status(conn, status)

@@ -11,7 +11,7 @@ nothing — when:
 - the run's status in the store is not the status the caller started from — another actor
   moved it on (compare-and-set, :class:`RunChanged`);
 - a ledger attempt is not in a status it may leave for the new one (compare-and-set in the
-  ledger's UPDATE, see ``store/ledger.py``).
+  ledger's UPDATE, see ``store/ledger_records.py``).
 
 Transition history rows (``run_transitions``) are written here and nowhere else.
 """
@@ -48,9 +48,9 @@ from keepflow.model import (
     WorkflowStatus,
 )
 from keepflow.store import events as ev
-from keepflow.store import ledger, runs
+from keepflow.store import ledger_records, runs
 from keepflow.store import workflows as wf
-from keepflow.store.base import StoreBase
+from keepflow.store.session import StoreBase
 
 S = RunStatus
 
@@ -174,7 +174,7 @@ class RunTransitions(StoreBase):
             runs.update_state_row_txn(t.conn, run.workflow_id, run.handler, own, t.now)
 
     def _settle(self, t: _Txn, settle: Settle) -> MutationRecord:
-        return ledger.settle_txn(
+        return ledger_records.settle_txn(
             t.conn, settle.mutation_id, settle.status, t.now, result=settle.result,
             error=settle.error, resolved_by=settle.resolved_by,
             reconcile_attempted=settle.reconcile_attempted,
@@ -211,7 +211,7 @@ class RunTransitions(StoreBase):
         reservations and the ``in_flight`` attempt, durable before the external call."""
         with self._run_txn(run, fence, frozenset({S.MUTATING}), "in_flight") as t:
             self._claim(t, claim)
-            mutation = ledger.record_in_flight_txn(t.conn, draft, t.now)
+            mutation = ledger_records.record_in_flight_txn(t.conn, draft, t.now)
             self._charge(t)
         return mutation
 

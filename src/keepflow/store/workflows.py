@@ -10,7 +10,7 @@ from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 from keepflow.errors import LeaseLost, NotFound, QuotaExceeded
 from keepflow.ids import new_id
 from keepflow.model import Fence, VersionRecord, WorkflowRecord, WorkflowStatus
-from keepflow.store import rows
+from keepflow.store import convert
 from keepflow.store.schema import audit_log, script_versions, workflows
 
 
@@ -20,16 +20,16 @@ def get(conn: Connection, name_or_id: str) -> WorkflowRecord:
     ).mappings().first()
     if row is None:
         raise NotFound(f"no workflow named '{name_or_id}' (see `keepflow workflows`)")
-    return rows.workflow(row)
+    return convert.workflow(row)
 
 
 def find(conn: Connection, name: str) -> WorkflowRecord | None:
     row = conn.execute(select(workflows).where(workflows.c.name == name)).mappings().first()
-    return rows.workflow(row) if row else None
+    return convert.workflow(row) if row else None
 
 
 def list_all(conn: Connection) -> list[WorkflowRecord]:
-    return [rows.workflow(r) for r in conn.execute(
+    return [convert.workflow(r) for r in conn.execute(
         select(workflows).order_by(workflows.c.name)).mappings()]
 
 
@@ -73,13 +73,13 @@ def version(conn: Connection, version_id: str) -> VersionRecord:
         select(script_versions).where(script_versions.c.id == version_id)).mappings().first()
     if row is None:
         raise NotFound(f"no script version {version_id}")
-    return rows.version(row)
+    return convert.version(row)
 
 
 def versions(conn: Connection, workflow_id: str) -> list[VersionRecord]:
     q = select(script_versions).where(script_versions.c.workflow_id == workflow_id) \
         .order_by(script_versions.c.major, script_versions.c.minor)
-    return [rows.version(r) for r in conn.execute(q).mappings()]
+    return [convert.version(r) for r in conn.execute(q).mappings()]
 
 
 def touch_txn(conn: Connection, workflow_id: str, now: datetime) -> None:

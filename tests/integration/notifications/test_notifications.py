@@ -154,7 +154,7 @@ def test_the_stale_query_uses_the_ready_index_on_sqlite(store: Store, clock: Fak
                                                         ) -> None:
     if store.dialect != "sqlite":
         pytest.skip("SQLite plans without statistics; PostgreSQL has them")
-    from keepflow.store.notifications import stale_query
+    from keepflow.store.notification_records import stale_query
 
     with store.read() as conn:
         compiled = stale_query(clock.now(), ["a", "b"]).compile(

@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from keepflow.store.engine import make_engine, migrate
+from keepflow.store.database import make_engine, migrate
 from keepflow.store.schema import metadata
 from keepflow.store.store import Store
 

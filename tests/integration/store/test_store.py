@@ -29,7 +29,7 @@ from keepflow.model import (
     StateUpdate,
 )
 from keepflow.store import runs as store_runs
-from keepflow.store.rows import sha256_json
+from keepflow.store.convert import sha256_json
 from keepflow.store.store import Store
 from tests.support import runs
 

@@ -8,7 +8,7 @@ import pytest
 
 from keepflow.errors import SandboxLimitExceeded
 from keepflow.sandbox.api import JS_MAX_SAFE_INTEGER
-from keepflow.sandbox.values import encode_for_js
+from keepflow.sandbox.encoding import encode_for_js
 
 
 def test_safe_integers_are_sent_unchanged() -> None:

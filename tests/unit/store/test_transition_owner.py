@@ -25,7 +25,7 @@ from keepflow.model import (
     RunStatus,
     Settle,
 )
-from keepflow.store.rows import sha256_json
+from keepflow.store.convert import sha256_json
 from keepflow.store.store import Store
 from tests.support import runs
 

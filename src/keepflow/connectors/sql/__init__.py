@@ -54,8 +54,8 @@ from keepflow.connectors.sql.limits import (
 )
 from keepflow.connectors.sql.params import QueryParams, RowParams, parse
 from keepflow.connectors.sql.query import RESERVED_BINDS, QueryRunner
-from keepflow.connectors.sql.rows import Fetched, RowReader
-from keepflow.connectors.sql.schema import Schema, TableInfo, bind, coerce, same_value
+from keepflow.connectors.sql.reflect import Schema, TableInfo, bind, coerce, same_value
+from keepflow.connectors.sql.row_reads import Fetched, RowReader
 from keepflow.errors import ConfigError, ConnectorError, PermanentError, PreconditionError
 
 DEFAULT_MAX_ROWS = 1000

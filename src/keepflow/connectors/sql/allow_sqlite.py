@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from keepflow.connectors.sql.allow import AllowList, sqlite_fold
-from keepflow.connectors.sql.errors import sqlite_missing_table
+from keepflow.connectors.sql.classify import sqlite_missing_table
 from keepflow.errors import PermissionDenied
 
 OK, DENY, IGNORE = sqlite3.SQLITE_OK, sqlite3.SQLITE_DENY, sqlite3.SQLITE_IGNORE

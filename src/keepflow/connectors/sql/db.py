@@ -41,7 +41,7 @@ from sqlalchemy.pool import NullPool
 
 from keepflow.connectors.secret import Redactor
 from keepflow.connectors.sql.allow import shown
-from keepflow.connectors.sql.errors import translate
+from keepflow.connectors.sql.classify import translate
 from keepflow.connectors.sql.limits import ResultLimits, too_deep
 from keepflow.errors import ConnectorError, PermanentError, UncertainOutcome
 

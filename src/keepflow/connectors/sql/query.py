@@ -37,10 +37,10 @@ import sqlalchemy as sa
 from keepflow.connectors.sql.allow import AllowList
 from keepflow.connectors.sql.allow_pg import check_query
 from keepflow.connectors.sql.allow_sqlite import guarded
+from keepflow.connectors.sql.classify import PG_TOO_LARGE_MARKER
 from keepflow.connectors.sql.db import Database
-from keepflow.connectors.sql.errors import PG_TOO_LARGE_MARKER
 from keepflow.connectors.sql.limits import ResultLimits, TooDeep, json_size, too_deep
-from keepflow.connectors.sql.schema import to_json
+from keepflow.connectors.sql.reflect import to_json
 from keepflow.errors import TransientError
 
 #: Bind names the wrapper uses; a script's statement may not use them.

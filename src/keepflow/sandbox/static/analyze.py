@@ -19,9 +19,9 @@ from keepflow.sandbox.findings import Finding, error, has_errors, sort_findings
 from keepflow.sandbox.static.ctxcalls import Collector, CtxCall, ctx_parameter
 from keepflow.sandbox.static.dynamic import check_dynamic_code
 from keepflow.sandbox.static.handlers import HandlerFn, Phase, find_handlers
-from keepflow.sandbox.static.phases import check_phase
+from keepflow.sandbox.static.phase_calls import check_phase
 from keepflow.sandbox.static.shared import check_shared_globals
-from keepflow.sandbox.static.terminal import check_mutate
+from keepflow.sandbox.static.terminal_mutation import check_mutate
 from keepflow.sandbox.static.tree import Node, Script, first_argument, unwrap
 
 MAX_SYNTAX_FINDINGS = 3

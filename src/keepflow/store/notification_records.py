@@ -34,8 +34,8 @@ from keepflow.model import (
     RunStatus,
     WebhookStatus,
 )
-from keepflow.store.base import StoreBase
 from keepflow.store.schema import events, notifications, runs, workflows
+from keepflow.store.session import StoreBase
 
 OPEN, RESOLVED = "open", "resolved"
 #: The literal predicate of the partial unique index: PostgreSQL infers the arbiter index

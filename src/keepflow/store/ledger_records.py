@@ -9,7 +9,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from keepflow.errors import TransitionRefused
 from keepflow.model import LedgerStatus, MutationDraft, MutationRecord
-from keepflow.store import rows
+from keepflow.store import convert
 from keepflow.store.schema import mutations
 
 #: Legal ledger moves. ``in_flight`` is written before the call; everything else follows it.
@@ -48,7 +48,7 @@ def record_in_flight_txn(conn: Connection, draft: MutationDraft, now: datetime
         "status": LedgerStatus.IN_FLIGHT.value, "reconcile_attempts": 0,
         "created_at": now, "updated_at": now,
     }).mappings().one()
-    return rows.mutation(row)
+    return convert.mutation(row)
 
 
 def settle_txn(
@@ -76,7 +76,7 @@ def settle_txn(
         .returning(*mutations.c)
     ).mappings().first()
     if row is not None:
-        return rows.mutation(row)
+        return convert.mutation(row)
     current = get(conn, mutation_id)
     raise TransitionRefused(
         f"ledger attempt {current.attempt} of run {current.run_id} is {current.status.value}; "
@@ -86,14 +86,14 @@ def settle_txn(
 
 def get(conn: Connection, mutation_id: int) -> MutationRecord:
     row = conn.execute(select(mutations).where(mutations.c.id == mutation_id)).mappings().one()
-    return rows.mutation(row)
+    return convert.mutation(row)
 
 
 def for_run(conn: Connection, run_id: str) -> list[MutationRecord]:
     q = select(mutations).where(mutations.c.run_id == run_id).order_by(mutations.c.attempt)
-    return [rows.mutation(r) for r in conn.execute(q).mappings()]
+    return [convert.mutation(r) for r in conn.execute(q).mappings()]
 
 
 def with_status(conn: Connection, status: LedgerStatus) -> list[MutationRecord]:
     q = select(mutations).where(mutations.c.status == status.value).order_by(mutations.c.id)
-    return [rows.mutation(r) for r in conn.execute(q).mappings()]
+    return [convert.mutation(r) for r in conn.execute(q).mappings()]

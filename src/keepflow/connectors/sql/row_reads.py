@@ -40,7 +40,7 @@ from keepflow.connectors.sql.limits import (
     size_marker,
     too_deep,
 )
-from keepflow.connectors.sql.schema import TableInfo, to_json
+from keepflow.connectors.sql.reflect import TableInfo, to_json
 
 #: What a value's JSON may take beyond its stored bytes (quotes, a comma, the key).
 _PER_VALUE = 8

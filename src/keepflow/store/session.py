@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
 from keepflow.errors import KeepflowError, StoreError
-from keepflow.store.engine import READ_ONLY
+from keepflow.store.database import READ_ONLY
 
 
 class StoreBase:
