@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from keepflow import service
+from keepflow import examples, service
 from keepflow.errors import KeepflowError, ScriptInvalid, UsageError
 from keepflow.model import RunStatus, WorkflowStatus
 from keepflow.runtime.host import Host
@@ -204,9 +204,17 @@ class _Group(click.Group):
     group_class = type  # sub-groups are of this class too
 
 
+def _settings() -> Settings:
+    """The settings of an existing home: every command but ``init`` refuses a home that
+    ``keepflow init`` did not make (docs/cli.md#the-home-directory)."""
+    settings = Settings.load()
+    settings.existing_home()
+    return settings
+
+
 @contextmanager
 def _host() -> Iterator[Host]:
-    settings = Settings()
+    settings = _settings()
     with Host(settings, handoff=ServerLink(settings)) as host:
         yield host
 
@@ -225,17 +233,25 @@ def main() -> None:
 
 
 @main.command()
-def init() -> None:
-    """Create $KEEPFLOW_HOME, the store and a connections file."""
-    info = service.init(Settings())
+@click.option("--example", type=click.Choice(sorted(examples.EXAMPLES)),
+              help="Also set up an example: its script, local databases and connections.")
+@json_option
+def init(example: str | None, as_json: bool) -> None:
+    """Create $KEEPFLOW_HOME, the store, a connections file and keepflow.d.ts (types for
+    editors). Safe to run again: it changes nothing that exists."""
+    info = service.init(Settings.load(), example)
 
     def human(d: dict[str, Any]) -> None:
         _say(f"keepflow home: {d['home']}")
         _say(f"store: {d['store']}")
         for path in d["created"]:
             _say(f"created {path}")
+        if d["example"]:
+            ex = examples.EXAMPLES[d["example"]]
+            _say(f"next: keepflow deploy {Path(d['home']) / ex.script} && keepflow trigger "
+                 f"{ex.workflow} {ex.producer} && keepflow drain")
 
-    _emit(info, False, human)
+    _emit(info, as_json, human)
 
 
 @main.command()
@@ -258,13 +274,45 @@ def deploy(file: Path, name: str | None, as_json: bool) -> None:
     _emit(data, as_json, human, view=data | {"file": str(file)})
 
 
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def check(file: Path, as_json: bool) -> None:
+    """Run every deploy check on FILE without deploying it: exit 0 when it would deploy
+    (warnings allowed), 1 when it has errors."""
+    with _host() as host:
+        result = service.check(host, file)
+    findings = [f.to_dict() for f in result.findings]
+    errors = sum(f["severity"] == "error" for f in findings)
+    manifest = result.manifest
+    data = {"file": str(file), "ok": result.ok, "errors": errors,
+            "warnings": len(findings) - errors, "findings": findings,
+            "workflow": manifest.name if manifest else None,
+            "producers": list(manifest.producers) if manifest else [],
+            "consumers": list(manifest.consumers) if manifest else []}
+
+    def human(d: dict[str, Any]) -> None:
+        for f in d["findings"]:
+            _say(format_finding(Finding.from_dict(f), d["file"]))
+        if d["ok"]:
+            _say(f"{d['file']}: ok, workflow {d['workflow']} would deploy "
+                 f"({d['warnings']} warning(s)); nothing was deployed")
+        else:
+            _say(f"{d['file']}: {d['errors']} error(s), {d['warnings']} warning(s); it would "
+                 "not deploy")
+
+    _emit(data, as_json, human)
+    if not result.ok:
+        sys.exit(EXIT_REFUSED)
+
+
 def _notify_server(workflow: str) -> None:
     """A running server re-reads the workflow now (it would notice within a second anyway)."""
-    ServerLink(Settings()).notify(workflow)
+    ServerLink(_settings()).notify(workflow)
 
 
 def _server() -> ServerInfo | None:
-    return ServerLink(Settings()).server
+    return ServerLink(_settings()).server
 
 
 @main.command()
@@ -550,7 +598,7 @@ def serve(bind: str, port: int, log_format: str, grace: float) -> None:
     from keepflow.server.serve import ServeOptions
     from keepflow.server.serve import serve as run_server
 
-    sys.exit(run_server(Settings(), ServeOptions(host=bind, port=port, log_format=log_format,
+    sys.exit(run_server(_settings(), ServeOptions(host=bind, port=port, log_format=log_format,
                                                  grace_seconds=grace)))
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from keepflow.deploy.validation import validate_script
+from keepflow import examples
+from keepflow.deploy.validation import Validation, validate_script
 from keepflow.errors import ConfigError, Conflict, NotFound, ScriptInvalid, UsageError
 from keepflow.model import EventStatus, Fence, RunStatus, WorkflowRecord, WorkflowStatus
 from keepflow.runtime import actions
@@ -25,6 +27,9 @@ from keepflow.settings import Settings
 from keepflow.storable import escape_text
 from keepflow.views import event_detail, event_view, run_view, workflow_view
 from keepflow.workflow import WorkflowManifest
+
+#: The script API as TypeScript declarations, copied into every home for editors.
+TYPES_FILE = "keepflow.d.ts"
 
 CONNECTIONS_TEMPLATE = """\
 # keepflow connections: scripts reach each one as ctx.<name>.<tool> (docs/connectors.md).
@@ -41,21 +46,33 @@ CONNECTIONS_TEMPLATE = """\
 """
 
 
-def init(settings: Settings) -> dict[str, Any]:
-    """Create ``$KEEPFLOW_HOME``, the store (migrated) and a commented connections file."""
+def init(settings: Settings, example: str | None = None) -> dict[str, Any]:
+    """Create ``$KEEPFLOW_HOME``, the store (migrated), a commented connections file and the
+    script API's type declarations; with ``example``, what that example needs to run
+    (``keepflow.examples``). Running it again on an existing home changes nothing of it."""
     home = settings.home
     try:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create KEEPFLOW_HOME {home}: {exc.strerror or exc}") from None
-    created = []
-    if not settings.connections_file.exists():
+    created: list[str] = []
+    if example is not None:
+        created += [str(p) for p in examples.install(
+            example, home, settings.connections_file, CONNECTIONS_TEMPLATE)]
+    elif not settings.connections_file.exists():
         settings.connections_file.write_text(CONNECTIONS_TEMPLATE, encoding="utf-8")
         created.append(str(settings.connections_file))
+    declarations = home / TYPES_FILE
+    shipped = resources.files("keepflow") / TYPES_FILE
+    if shipped.is_file() and (not declarations.exists()
+                              or declarations.read_text(encoding="utf-8")
+                              != shipped.read_text(encoding="utf-8")):
+        declarations.write_text(shipped.read_text(encoding="utf-8"), encoding="utf-8")
+        created.append(str(declarations))
     with Host(settings) as host:
         host.store.list_workflows()
     return {"home": str(home.resolve()), "store": settings.store_url.split("?")[0],
-            "created": created}
+            "created": created, "example": example}
 
 
 # ------------------------------------------------------------------------------ deploy
@@ -69,14 +86,24 @@ class DeployResult:
     findings: list[Finding] = field(default_factory=list)
 
 
-def deploy(host: Host, path: Path, name: str | None = None, actor: str = "cli") -> DeployResult:
-    """Validate a script and make it the workflow's current version (SPEC §11.3, §14 14)."""
+def _read_script(path: Path) -> str:
     try:
-        source = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{path} is not UTF-8 text") from None
+
+
+def check(host: Host, path: Path) -> Validation:
+    """Every check ``deploy`` makes, against this home's connections and policies, without
+    deploying anything (``keepflow check``)."""
+    return validate_script(_read_script(path), host.pool, host.connections, host.policies)
+
+
+def deploy(host: Host, path: Path, name: str | None = None, actor: str = "cli") -> DeployResult:
+    """Validate a script and make it the workflow's current version (SPEC §11.3, §14 14)."""
+    source = _read_script(path)
     result = validate_script(source, host.pool, host.connections, host.policies)
     if not result.ok:
         raise ScriptInvalid(

@@ -125,6 +125,9 @@ class WorkflowManifest:
     topics: tuple[str, ...]
     producers: Mapping[str, ProducerSpec] = field(default_factory=dict)
     consumers: Mapping[str, ConsumerSpec] = field(default_factory=dict)
+    #: The connections the script calls (``ctx.<connection>.<tool>``), found at deploy by
+    #: static analysis: a run refuses to start when one is no longer configured.
+    connections: tuple[str, ...] = ()
 
     FORMAT = 1
 
@@ -149,6 +152,7 @@ class WorkflowManifest:
                 for n, p in self.producers.items()
             },
             "consumers": {n: {"subscribe": list(c.subscribe)} for n, c in self.consumers.items()},
+            "connections": list(self.connections),
         }
 
     @classmethod
@@ -165,6 +169,7 @@ class WorkflowManifest:
             consumers={
                 n: ConsumerSpec(tuple(c["subscribe"])) for n, c in data["consumers"].items()
             },
+            connections=tuple(data.get("connections", ())),  # absent before it was recorded
         )
 
 

@@ -44,6 +44,7 @@ class CLI:
     def __init__(self, home: Path, database_url: str | None = None) -> None:
         self.env = {**os.environ, "KEEPFLOW_HOME": str(home), "KEEPFLOW_SANDBOX_WORKERS": "1"}
         self.env.pop("KEEPFLOW_FAULTS", None)
+        home.mkdir(parents=True, exist_ok=True)  # as `keepflow init` leaves it (docs/cli.md)
         if database_url:
             self.env["KEEPFLOW_DATABASE_URL"] = database_url
         else:

@@ -59,7 +59,7 @@ def test_a_bad_policy_file_is_refused_with_the_key(cli: CLI) -> None:
     assert res.returncode == 1
     assert "retry.max_attempts" in res.stderr
     (home / "policy.toml").write_text("[connectors.api]\nlimits = {}\n", encoding="utf-8")
-    res = cli("workflows")
+    res = cli("policy", "show")
     assert res.returncode == 1
     assert "connectors.api.limits" in res.stderr
 

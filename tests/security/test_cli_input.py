@@ -129,6 +129,7 @@ def test_user_is_checked_only_when_it_becomes_the_actor(tmp_path: Path) -> None:
     _assert_usage_error(_run(["workflows"], env), "environment variable USER",
                         "is not valid UTF-8 text")
     env["KEEPFLOW_ACTOR"] = "tester"
+    assert _run(["init"], env).returncode == 0
     ok = _run(["workflows", "--json"], env)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == b"[]"

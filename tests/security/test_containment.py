@@ -34,7 +34,8 @@ from keepflow.model import RunKind, RunStatus, WorkflowStatus
 from keepflow.policies import PolicyBook
 from keepflow.runtime.host import Host
 from keepflow.sandbox.pool import SandboxPool
-from keepflow.scheduler.core import RunRequest, Scheduler, crash_backoff
+from keepflow.scheduler.core import RunRequest, crash_backoff
+from keepflow.scheduler.driver import Scheduler
 from keepflow.settings import Settings
 from tests.support.sink import Sink
 from tests.support.workflows import deploy_source, quick_policy

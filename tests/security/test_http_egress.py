@@ -645,6 +645,7 @@ def test_a_script_under_keepflow_serve_cannot_reach_its_api(
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     settings = Settings(home=tmp_path / "home", database_url=store_url)
+    settings.home.mkdir()
     with Host(settings, pool=pool) as h:
         deploy_source(h, tmp_path, VICTIM, "victim.js")
         deploy_source(h, tmp_path, ATTACKER % {"api": api}, "attacker.js")

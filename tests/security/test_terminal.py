@@ -404,6 +404,7 @@ class RawCLI:
             self.env.pop(name, None)
         if database_url:
             self.env["KEEPFLOW_DATABASE_URL"] = database_url
+            home.mkdir(parents=True, exist_ok=True)  # a home, as `keepflow init` leaves it
         self.seen: list[tuple[str, str]] = []  # (command, stdout + stderr) of every call
 
     def raw(self, *args: str | bytes, env: dict[str, str] | None = None, **kw: Any
@@ -458,6 +459,7 @@ SHOWN = visible(HOSTILE)
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~70 `keepflow` processes: started first (tests/conftest.py)
 def test_every_command_shows_hostile_data_visibly_and_json_exactly(
         kf: RawCLI, tmp_path: Path) -> None:
     _, err = kf("deploy", _write(tmp_path, "bad.js", BAD_WF), code=1)

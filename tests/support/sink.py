@@ -35,6 +35,24 @@ BEHAVIOURS = {
 _TRUNCATED = object()
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet HTTP/1.1 handler answering JSON (the base of every loopback test service)."""
+
+    disable_nagle_algorithm = True  # one small response must not wait for a delayed ACK
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _reply(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 @dataclass
 class Applied:
     key: str
@@ -84,13 +102,7 @@ class Sink:
     def start(self) -> Sink:
         sink = self
 
-        class Handler(BaseHTTPRequestHandler):
-            disable_nagle_algorithm = True  # one small response must not wait for a delayed ACK
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def _body(self) -> Any:
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n) if n else b""
@@ -100,14 +112,6 @@ class Sink:
                     return json.loads(raw) if raw else None
                 except ValueError:
                     return raw.decode(errors="replace")
-
-            def _reply(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
             def do_GET(self) -> None:
                 sink.requests.append(("GET", self.path, None))

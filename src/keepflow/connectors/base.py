@@ -47,6 +47,11 @@ class ToolSpec:
     #: Whether the connector can (in general) verify a mutation's outcome. A connector may still
     #: decide per call (see :meth:`Connector.can_reconcile`), e.g. HTTP needs a reconcile URL.
     reconcile: bool = False
+    #: The call parameter that gives one call its reconcile, when the tool needs one (e.g.
+    #: http's ``reconcile: {url}``); ``None``: every call can be verified when ``reconcile``.
+    reconcile_param: str | None = None
+    #: Where the docs explain how this tool's outcome is verified (shown in deploy warnings).
+    reconcile_doc: str = "docs/execution-model.md#the-ledger-procedure"
 
 
 @dataclass(frozen=True)

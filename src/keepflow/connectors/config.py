@@ -23,6 +23,7 @@ A connection named ``http`` of type ``http`` exists without configuration; a use
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -41,6 +42,8 @@ CONNECTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 #: ``ctx`` methods a connection may not shadow (SPEC §4–5).
 RESERVED_NAMES = frozenset({"publish", "peek", "getByIds", "log"})
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+log = logging.getLogger("keepflow.connections")
 
 DEFAULT_CONNECTIONS = (ConnectionConfig(name="http", type="http", settings={}),)
 
@@ -208,6 +211,15 @@ class Connections:
             for name in self.names()
         }
 
+    def stub_shape(self) -> dict[str, tuple[str, ...]]:
+        """connection -> tools: the ``ctx.<connection>.<tool>`` stubs an invocation gets."""
+        return {name: tuple(tools) for name, tools in self.tool_kinds().items()}
+
+    def terminal_shape(self) -> dict[str, tuple[str, ...]]:
+        """The mutating tools among them: calling one ends the invocation (SPEC §5.2)."""
+        return {name: tuple(t for t, kind in tools.items() if kind is ToolKind.MUTATE)
+                for name, tools in self.tool_kinds().items()}
+
     def tool_specs(self) -> dict[str, dict[str, ToolSpec]]:
         """connection -> tool -> full declaration (permission compilation, SPEC §9)."""
         return {name: dict(self._classes[name].tools) for name in self.names()}
@@ -237,3 +249,58 @@ class Connections:
         if name not in self._configs:
             known = ", ".join(self.names())
             raise UsageError(f"no connection named '{name}'; configured: {known}")
+
+
+class ConnectionsFile:
+    """The connections of ``connections.toml``, re-read whenever the file changes, so a
+    running ``keepflow serve`` picks up an added, changed or removed connection without a
+    restart (docs/connectors.md#changing-connections).
+
+    Each run takes :meth:`current` once and uses that set to its end. A replaced set is kept
+    open until :meth:`close` (a run in another thread may still use it). When an edit leaves
+    the file invalid, the last valid set stays in use and :attr:`problem` says what is wrong;
+    the first read has nothing to fall back on and raises the :class:`ConfigError`.
+    """
+
+    def __init__(self, path: Path | str, *, environ: Mapping[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self._environ = environ
+        self._lock = threading.Lock()
+        self._current: Connections | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._retired: list[Connections] = []
+        self.problem: ConfigError | None = None
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None  # no file: only the default connection
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def current(self) -> Connections:
+        with self._lock:
+            stamp = self._file_stamp()
+            if self._current is not None and stamp == self._stamp:
+                return self._current
+            try:
+                fresh = load_connections(self.path, environ=self._environ)
+            except ConfigError as exc:
+                if self._current is None:
+                    raise
+                self._stamp, self.problem = stamp, exc  # re-read at the next change only
+                log.warning("connections file not reloaded, the last valid version stays in "
+                            "use: %s", exc.message)
+                return self._current
+            if self._current is not None:
+                log.info("connections file reloaded: %s", ", ".join(fresh.names()))
+                self._retired.append(self._current)
+            self._current, self._stamp, self.problem = fresh, stamp, None
+            return fresh
+
+    def close(self) -> None:
+        with self._lock:
+            sets = [*self._retired, *([self._current] if self._current else [])]
+            self._retired, self._current, self._stamp = [], None, None
+        for connections in sets:
+            connections.close()

@@ -92,7 +92,8 @@ def _read(name: str, description: str) -> ToolSpec:
 
 def _write(name: str, description: str) -> ToolSpec:
     return ToolSpec(name, ToolKind.MUTATE, "http.write", RiskTier.MEDIUM, description,
-                    ("host",), reconcile=True)
+                    ("host",), reconcile=True, reconcile_param="reconcile",
+                    reconcile_doc="docs/connectors.md#http-reconcile")
 
 
 @dataclass(frozen=True)

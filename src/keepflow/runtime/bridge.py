@@ -63,6 +63,8 @@ class RunScope:
     clock: Clock
     declared_topics: frozenset[str]
     subscribed: frozenset[str] = frozenset()
+    #: The connections the script calls (known since deploy; empty for older versions).
+    needs_connections: tuple[str, ...] = ()
     tool_calls: int = 0
     log_seq: int = 0
     call_seq: int = 0

@@ -24,6 +24,7 @@ from keepflow.errors import (
     FailureClass,
     InvalidResult,
     PhaseViolation,
+    PreconditionError,
     QuotaExceeded,
     RunFailure,
     ScriptError,
@@ -72,22 +73,45 @@ class Executor:
             policy=self.host.policies.for_workflow(policy_name), policies=self.host.policies,
             workflow_name=policy_name, clock=self.host.clock,
             declared_topics=frozenset(manifest.topics), subscribed=subscribed,
+            needs_connections=manifest.connections,
         )
+
+    def _require_connections(self, scope: RunScope) -> None:
+        """Every connection the script calls is configured (it was when the version was
+        deployed; the connections file may have changed since). One missing is a
+        ``precondition`` failure naming it — a configuration problem, not a script bug."""
+        have = set(scope.connections.names())
+        missing = [name for name in scope.needs_connections if name not in have]
+        if not missing:
+            return
+        names = ", ".join(missing)
+        where = self.host.connections_problem
+        why = (f"the connections file has an error, so its last valid version is in use: "
+               f"{where}; fix the file" if where else
+               f"add [connections.{missing[0]}] to connections.toml in the keepflow home")
+        raise PreconditionError(
+            f"the script calls connection{'s' if len(missing) > 1 else ''} {names}, which "
+            f"{'are' if len(missing) > 1 else 'is'} not configured: {why} (a running server "
+            "reads the change within seconds; see docs/connectors.md#changing-connections)",
+            connections=missing)
 
     def _invoke(self, scope: RunScope, phase: Phase, path: tuple[str, ...],
                 args: tuple[Any, ...], undefined: frozenset[int] = frozenset()
                 ) -> tuple[InvocationResult, Bridge]:
+        self._require_connections(scope)
         bridge = Bridge(scope, phase)
         inv = Invocation(
             source=scope.version.source, handler=path, args=args, undefined_args=undefined,
-            connections=self.host.stub_shape, terminal=self.host.terminal_shape,
+            connections=scope.connections.stub_shape(),
+            terminal=scope.connections.terminal_shape(),
             limits=scope.policy.sandbox_limits(),
         )
         result = self.host.pool.invoke(inv, bridge, bridge.on_log)
         # SPEC §5.2: nothing may follow the terminal mutation; a call queued after it (in the
         # same turn, since it never returns) means the script is wrong: nothing is performed.
         for call in getattr(result, "after_terminal", None) or []:
-            mutating = call.tool in self.host.terminal_shape.get(call.connection or "", ())
+            mutating = call.tool in scope.connections.terminal_shape().get(
+                call.connection or "", ())
             what = ("a second mutation" if call.target == "tool" and mutating
                     else "a publish" if call.target == "publish" else "a call")
             raise PhaseViolation(
@@ -291,7 +315,8 @@ class Executor:
             if run.status not in (RunStatus.MUTATING, RunStatus.SUSPENDED):
                 run.step(RunStatus.MUTATING, now, note="resumed: reconciling")
             cause = UncertainOutcome("the host stopped while this mutation was in flight")
-            connector = self.host.connections.get(how.mutation.connection)
+            self._require_connections(scope)
+            connector = scope.connections.get(how.mutation.connection)
             done = ledger.reconcile_now(scope, how.mutation, connector, cause)
             return self._mutate(scope, prepared, attempt=how.attempt, claim=None,
                                 retries=how.retries, pending=done)

@@ -11,12 +11,10 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cached_property
 from typing import Any, Protocol
 
 from keepflow.clock import Clock, SystemClock
-from keepflow.connectors.base import ToolKind
-from keepflow.connectors.config import Connections, load_connections
+from keepflow.connectors.config import Connections, ConnectionsFile
 from keepflow.errors import Conflict
 from keepflow.ids import new_id
 from keepflow.model import Fence, WorkflowRecord
@@ -55,10 +53,14 @@ class Host:
     ) -> None:
         self.settings = settings or Settings()
         self.clock = clock or SystemClock()
-        self._owns = {"store": store is None, "connections": connections is None}
+        self._owns = {"store": store is None}
         self.store = store or Store(self.settings.store_url, clock=self.clock.now)
-        self.connections = connections or load_connections(self.settings.connections_file)
-        self.policies = policies or PolicyBook.load(self.settings.policy_file)
+        # Given connections are fixed; otherwise connections.toml is read on first use (so
+        # looking at state works while the file is broken) and re-read when it changes.
+        self._fixed_connections = connections
+        self.connections_file = (ConnectionsFile(self.settings.connections_file)
+                                 if connections is None else None)
+        self._policies = policies  # policy.toml is read on first use, like the connections
         self._pool = pool
         self._owns_pool = pool is None
         self.owner = f"{_machine()}:{os.getpid()}:{new_id()[-8:]}"
@@ -73,16 +75,29 @@ class Host:
             self._pool = SandboxPool(size=self.settings.sandbox_workers)
         return self._pool
 
-    @cached_property
-    def stub_shape(self) -> dict[str, tuple[str, ...]]:
-        """``ctx.<connection>.<tool>`` stubs every invocation gets."""
-        return {name: tuple(tools) for name, tools in self.connections.tool_kinds().items()}
+    @property
+    def policies(self) -> PolicyBook:
+        if self._policies is None:
+            self._policies = PolicyBook.load(self.settings.policy_file)
+        return self._policies
 
-    @cached_property
-    def terminal_shape(self) -> dict[str, tuple[str, ...]]:
-        """The mutating tools among them: calling one ends the invocation (SPEC §5.2)."""
-        return {name: tuple(t for t, kind in tools.items() if kind is ToolKind.MUTATE)
-                for name, tools in self.connections.tool_kinds().items()}
+    @policies.setter
+    def policies(self, book: PolicyBook) -> None:
+        self._policies = book
+
+    @property
+    def connections(self) -> Connections:
+        """The connections in force now (a run takes them once and keeps them to its end)."""
+        if self.connections_file is None:
+            assert self._fixed_connections is not None
+            return self._fixed_connections
+        return self.connections_file.current()
+
+    @property
+    def connections_problem(self) -> str | None:
+        """Why the connections file's latest edit is not in force, if it is not."""
+        problem = self.connections_file.problem if self.connections_file else None
+        return problem.message if problem else None
 
     @contextmanager
     def lease(self, wf: WorkflowRecord) -> Iterator[Fence]:
@@ -105,8 +120,8 @@ class Host:
     def close(self) -> None:
         if self._pool is not None and self._owns_pool:
             self._pool.close()
-        if self._owns["connections"]:
-            self.connections.close()
+        if self.connections_file is not None:
+            self.connections_file.close()
         if self._owns["store"]:
             self.store.close()
 

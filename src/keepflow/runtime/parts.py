@@ -33,13 +33,8 @@ class RunParts(Protocol):
     def pool(self) -> SandboxPool: ...
 
     @property
-    def stub_shape(self) -> dict[str, tuple[str, ...]]:
-        """``ctx.<connection>.<tool>`` stubs every invocation gets."""
-        ...
-
-    @property
-    def terminal_shape(self) -> dict[str, tuple[str, ...]]:
-        """The mutating tools among them (calling one ends the invocation, SPEC §5.2)."""
+    def connections_problem(self) -> str | None:
+        """Why the latest edit of the connections file is not in force, if it is not."""
         ...
 
     @property

@@ -1,37 +1,42 @@
-"""The scheduler's decisions (SPEC §7), without threads or sleeps.
+"""The scheduler's decisions (SPEC §7): pure functions of plain records and an instant.
 
-The core keeps one :class:`Slot` per workflow and a heap of due times (producer ticks, consumer
-wake-ups). A driver (``loop.py`` in production, tests step it by hand with a fake clock) calls:
+Nothing here reads or writes the store, sleeps, or starts a thread (``make lint`` checks that
+this module imports no store). The driver, :class:`keepflow.scheduler.driver.Scheduler`
+(stepped by ``loop.py`` in production and by ``inline.py`` in tests, with a fake clock),
+gathers the facts from the store, calls these functions, and performs what they decide:
 
-* :meth:`Scheduler.advance` with the current time: due ticks fire (or are skipped because the
-  workflow is busy, and counted), sleeping consumers whose backoff expired become candidates;
-* :meth:`Scheduler.take` to get runs to start: at most one per workflow, workflows served in
-  FIFO order (fair: a busy workflow goes to the back after each run), and within a workflow
-  manual consumer triggers, then ready consumers (oldest pending event first), then producers;
-* :meth:`Scheduler.finished` when a run ends. A run that crashed inside the host (no outcome)
-  holds its workflow back with exponential backoff, so one broken workflow never spins the
-  host; manual triggers still go through.
+* :func:`load_slot` — a workflow's slot and its due times at start-up or after a (re)deploy:
+  producer ticks (ticks missed while the host was down collapse into one), wake-ups of
+  sleeping consumers, the end of a crash backoff; :func:`reconcile_dues` — the background
+  reconciliations of suspended runs;
+* :func:`decide_tick` — a producer's tick: when it fires next and whether it is due now,
+  skipped because the workflow is busy (counted, visible) or ignored (the workflow is not
+  active);
+* :func:`choose_run` — what a workflow runs next, at most one run: after a crash only a
+  person's trigger; else a run to carry on, a due reconciliation, manual consumer triggers,
+  ready consumers (oldest pending event first), manual producer triggers, due producers;
+* :func:`after_run` — a run ended: one that crashed inside the host (no outcome) holds its
+  workflow back with exponential backoff (:func:`crash_backoff`), so one broken workflow never
+  spins the host; manual triggers still go through;
+* :func:`check_trigger`, :func:`unfinished_block`, :func:`sleeping_until` — the small ones.
 
-Nothing polls: 10,000 idle workflows are 10,000 heap entries and no work until one is due.
+Fairness across workflows (a FIFO of runnable workflows, a workflow goes to the back after
+each run) and the heap of due times are the driver's bookkeeping. Nothing polls: 10,000 idle
+workflows are 10,000 heap entries and no work until one is due.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
-from keepflow.errors import Conflict, KeepflowError, NotFound
+from keepflow.errors import Conflict, NotFound
 from keepflow.model import RunKind, RunStatus, WorkflowRecord, WorkflowStatus
 from keepflow.policies import backoff
 from keepflow.runtime.outcome import RunOutcome
 from keepflow.scheduler import timing
-from keepflow.store.schedule import HandlerFacts
-from keepflow.store.store import Store
 from keepflow.workflow import WorkflowManifest
 
 Trigger = Literal["schedule", "event", "manual", "resume", "reconcile"]
@@ -98,299 +103,237 @@ class Counters:
     skipped_ticks: int = 0
 
 
-class Scheduler:
-    def __init__(self, store: Store, now: Callable[[], datetime]) -> None:
-        self.store = store
-        self.now = now
-        self.slots: dict[str, Slot] = {}
-        self._heap: list[tuple[datetime, int, str, int, str, str]] = []
-        self._seq = itertools.count()
-        self._runnable: deque[str] = deque()
-        self.counters = Counters()
-        #: Observers of scheduling decisions (structured logs, tests): (event, fields).
-        self.listeners: list[Callable[[str, dict[str, object]], None]] = []
+class HandlerTimes(Protocol):
+    """What the decisions need of a handler's stored facts (``store.schedule.HandlerFacts``)."""
 
-    # ------------------------------------------------------------------ loading
+    @property
+    def last_fired_at(self) -> datetime | None: ...
 
-    def load(self, workflow_ids: set[str] | None = None) -> None:
-        """(Re)read workflows from the store; ``None`` means all (start-up). A handful of
-        queries whatever the number of workflows."""
-        records = [w for w in self.store.list_workflows()
-                   if workflow_ids is None or w.id in workflow_ids]
-        if not records:
-            return
-        ids = None if workflow_ids is None else [w.id for w in records]
-        manifests, unfinished = self.store.scheduling_snapshot(ids)
-        facts = self.store.handler_facts() if workflow_ids is None or len(records) > 1 \
-            else self.store.handler_facts(records[0].id)
-        for wf in records:
-            raw = manifests.get(wf.id)
-            manifest = WorkflowManifest.from_dict(raw) if raw is not None else None
-            self._load_one(wf, manifest, unfinished.get(wf.id), facts)
-        wanted = {w.id for w in records}
-        for wid, run_id, handler, due in self.store.pending_reconciles(
-                records[0].id if len(records) == 1 else None):
-            if wid in wanted:
-                self._push(due or self.now(), self.slots[wid], "reconcile", f"{run_id}:{handler}")
+    @property
+    def sleep_until(self) -> datetime | None: ...
 
-    def forget(self, workflow_id: str) -> None:
-        self.slots.pop(workflow_id, None)
 
-    def _load_one(self, wf: WorkflowRecord, manifest: WorkflowManifest | None,
-                  unfinished: tuple[str, str, str] | None,
-                  facts: Mapping[tuple[str, str], HandlerFacts]) -> None:
-        old = self.slots.get(wf.id)
-        slot = Slot(wf.id, wf.name, wf.status, manifest,
-                    generation=(old.generation + 1) if old else 0)
-        if old is not None:
-            slot.busy, slot.manual, slot.due_producers = old.busy, old.manual, old.due_producers
-            slot.crashes, slot.held_until = old.crashes, old.held_until
-        self.slots[wf.id] = slot
-        if slot.held_until is not None:
-            self._push(slot.held_until, slot, "retry", "")
-        if slot.busy is None:
-            self._set_unfinished(slot, unfinished)
-        now = self.now()
-        if manifest is not None:
-            for name, producer in manifest.producers.items():
-                if producer.schedule is None:
-                    continue
-                fact = facts.get((wf.id, name))
-                last = fact.last_fired_at if fact else None
-                self._push(timing.first_due(producer.schedule, last, now), slot, "tick", name)
-            for name in manifest.consumers:
-                fact = facts.get((wf.id, name))
-                until = fact.sleep_until if fact else None
-                if until is not None and until > now:
-                    self._push(until, slot, "wake", name)
-        self._enqueue(slot)
+DueKind = Literal["tick", "wake", "retry", "reconcile"]
 
-    def _refresh_block(self, slot: Slot) -> None:
-        if slot.busy is not None:
-            return  # the unfinished run in the store is ours
-        active = self.store.active_runs(slot.id)
-        self._set_unfinished(slot, active[0] if active else None)
-        for _, run_id, handler, due in self.store.pending_reconciles(slot.id):
-            self._push(due or self.now(), slot, "reconcile", f"{run_id}:{handler}")
 
-    @staticmethod
-    def _set_unfinished(slot: Slot, unfinished: tuple[str, str, str] | None) -> None:
-        """A suspended run blocks its workflow (SPEC §15 scenario 15); any other unfinished
-        run was moved on by a person's answer and is carried on next."""
-        slot.blocked, slot.resume = None, None
-        if unfinished is None:
-            return
-        run_id, handler, status = unfinished
-        if status == "suspended":
-            slot.blocked = f"run {run_id} ({handler}) is {status}"
-        else:
-            slot.resume = (run_id, handler)
+@dataclass(frozen=True)
+class Due:
+    """Something of one workflow that becomes due at ``at`` (an entry of the driver's heap)."""
 
-    # ------------------------------------------------------------------ time
+    at: datetime
+    kind: DueKind  # a producer tick, a sleeping consumer's wake-up, the end of a crash
+    #                backoff, a suspended run's background reconciliation
+    handler: str = ""  # tick: the producer; wake, reconcile: the consumer
+    run_id: str | None = None  # reconcile: the suspended run
 
-    def _push(self, due: datetime, slot: Slot, kind: str, handler: str) -> None:
-        heapq.heappush(self._heap, (due, next(self._seq), slot.id, slot.generation, kind,
-                                    handler))
 
-    def next_due(self) -> datetime | None:
-        while self._heap:
-            due, _, wid, gen, _, _ = self._heap[0]
-            slot = self.slots.get(wid)
-            if slot is None or slot.generation != gen:
-                heapq.heappop(self._heap)  # stale: the workflow was reloaded or removed
+# ---------------------------------------------------------------------------- loading
+
+
+def unfinished_block(unfinished: tuple[str, str, str] | None
+                     ) -> tuple[str | None, tuple[str, str] | None]:
+    """``(blocked, resume)`` of a workflow with this unfinished run ``(id, handler, status)``.
+
+    A suspended run blocks its workflow (SPEC §15 scenario 15); any other unfinished run was
+    moved on by a person's answer and is carried on next."""
+    if unfinished is None:
+        return None, None
+    run_id, handler, status = unfinished
+    if status == RunStatus.SUSPENDED.value:
+        return f"run {run_id} ({handler}) is {status}", None
+    return None, (run_id, handler)
+
+
+def sleeping_until(facts: HandlerTimes | None, now: datetime) -> datetime | None:
+    """When a consumer that is asleep at ``now`` wakes by its backoff timeout (SPEC §7.3)."""
+    until = facts.sleep_until if facts is not None else None
+    return until if until is not None and until > now else None
+
+
+def load_slot(wf: WorkflowRecord, manifest: WorkflowManifest | None,
+              unfinished: tuple[str, str, str] | None,
+              facts: Mapping[tuple[str, str], HandlerTimes], old: Slot | None,
+              now: datetime) -> tuple[Slot, list[Due]]:
+    """The slot of ``wf`` as (re)loaded at ``now``, and what of it becomes due when.
+
+    A reload keeps what only this scheduler knows (its run in progress, queued triggers, due
+    producers, the crash backoff) and bumps the generation, so due times of the old slot go
+    stale. A producer's first tick is :func:`timing.first_due`: however many ticks were missed,
+    they collapse into one."""
+    slot = Slot(wf.id, wf.name, wf.status, manifest,
+                generation=(old.generation + 1) if old else 0)
+    if old is not None:
+        slot.busy, slot.manual = old.busy, dict(old.manual)
+        slot.due_producers = dict(old.due_producers)
+        slot.crashes, slot.held_until = old.crashes, old.held_until
+    dues: list[Due] = []
+    if slot.held_until is not None:
+        dues.append(Due(slot.held_until, "retry"))
+    if slot.busy is None:  # else the unfinished run in the store is ours
+        slot.blocked, slot.resume = unfinished_block(unfinished)
+    if manifest is not None:
+        for name, producer in manifest.producers.items():
+            if producer.schedule is None:
                 continue
-            return due
-        return None
+            fact = facts.get((wf.id, name))
+            last = fact.last_fired_at if fact else None
+            dues.append(Due(timing.first_due(producer.schedule, last, now), "tick", name))
+        for name in manifest.consumers:
+            until = sleeping_until(facts.get((wf.id, name)), now)
+            if until is not None:
+                dues.append(Due(until, "wake", name))
+    return slot, dues
 
-    def advance(self, now: datetime) -> None:
-        """Fire everything due at ``now``."""
-        while (due := self.next_due()) is not None and due <= now:
-            _, _, wid, _, kind, handler = heapq.heappop(self._heap)
-            slot = self.slots[wid]
-            if kind == "tick":
-                self._tick(slot, handler, due, now)
-            elif kind == "reconcile":
-                run_id, _, consumer = handler.partition(":")
-                slot.reconcile_due[run_id] = consumer
-                self._enqueue(slot)
-            elif kind == "retry":  # the backoff after a crash is over
-                slot.held_until = None
-                slot.dirty = True
-                self._enqueue(slot)
-            else:  # a sleeping consumer's backoff timeout (SPEC §7.3)
-                slot.dirty = True
-                self.store.record_wake(slot.id, handler, "backoff timeout")
-                self._emit("consumer.woken", slot, handler=handler, reason="backoff timeout")
-                self._enqueue(slot)
 
-    def _tick(self, slot: Slot, handler: str, due: datetime, now: datetime) -> None:
-        assert slot.manifest is not None
-        schedule = slot.manifest.producers[handler].schedule
-        assert schedule is not None
-        self._push(timing.following(schedule, due, now), slot, "tick", handler)
-        if not slot.active:
-            return  # SPEC §7.1: paused / needs-action / disabled workflows run nothing
-        if slot.busy is not None or slot.blocked is not None:
-            # SPEC §7.1: a tick that finds the workflow busy is skipped, counted, visible.
-            self.counters.skipped_ticks += 1
-            self.store.record_skipped_tick(slot.id, handler, due)
-            self._emit("tick.skipped", slot, handler=handler,
-                       because=slot.blocked or f"{slot.busy.handler if slot.busy else ''} "
-                                              "is running")
-            return
-        slot.due_producers.setdefault(handler, due)
-        self._enqueue(slot)
+def reconcile_dues(pending: Iterable[tuple[str, str, str, datetime | None]],
+                   workflow_ids: Iterable[str], now: datetime) -> list[tuple[str, Due]]:
+    """``(workflow id, due)`` of each pending reconciliation ``(workflow, run, handler, next
+    attempt)`` of the given workflows; one without a next attempt time is due now."""
+    wanted = set(workflow_ids)
+    return [(wid, Due(at or now, "reconcile", handler, run_id))
+            for wid, run_id, handler, at in pending if wid in wanted]
 
-    # ------------------------------------------------------------------ wake-ups
 
-    def notify(self, workflow_id: str) -> None:
-        """Something happened that may make a consumer ready (a publish, a deploy)."""
-        slot = self.slots.get(workflow_id)
-        if slot is not None:
-            slot.dirty = True
-            self._enqueue(slot)
+# ---------------------------------------------------------------------------- time
 
-    def trigger(self, workflow_id: str, handler: str) -> None:
-        """A manual run (SPEC §7.1): queued while busy, coalesced, works when paused (not when
-        disabled, nor while another run is unfinished)."""
-        slot = self.slots.get(workflow_id)
-        if slot is None or slot.manifest is None:
-            raise NotFound(f"workflow {workflow_id} has no deployed version")
-        m = slot.manifest
-        if handler not in m.producers and handler not in m.consumers:
-            known = ", ".join(sorted([*m.producers, *m.consumers]))
-            raise NotFound(f"workflow '{slot.name}' has no handler '{handler}' "
-                           f"(handlers: {known})")
-        if slot.status is WorkflowStatus.DISABLED:
-            raise Conflict(f"workflow '{slot.name}' is disabled; resume it first")
-        if slot.blocked is not None:
-            raise Conflict(f"workflow '{slot.name}' has an unfinished {slot.blocked}; nothing "
-                           "else of it runs until that run is resolved")
-        slot.manual.setdefault(handler, None)
-        self._emit("trigger.queued", slot, handler=handler)
-        self._enqueue(slot)
 
-    def _enqueue(self, slot: Slot) -> None:
-        if not slot.queued and slot.busy is None and slot.has_work():
-            slot.queued = True
-            self._runnable.append(slot.id)
+TickAction = Literal["due", "skip", "ignore"]
 
-    # ------------------------------------------------------------------ dispatch
 
-    def take(self, limit: int) -> list[RunRequest]:
-        """Runs to start now: at most ``limit``, one per workflow, FIFO across workflows."""
-        out: list[RunRequest] = []
-        rounds = len(self._runnable)
-        while self._runnable and len(out) < limit and rounds > 0:
-            rounds -= 1
-            slot = self.slots.get(self._runnable.popleft())
-            if slot is None:
-                continue
-            slot.queued = False
-            if slot.busy is not None:
-                continue
-            request = self._decide(slot)
-            if request is None:
-                continue
-            slot.busy = request
-            self.counters.started += 1
-            self._emit("run.start", slot, handler=request.handler, trigger=request.trigger)
-            out.append(request)
-        return out
+@dataclass(frozen=True)
+class TickDecision:
+    next_at: datetime  # the producer's next tick, always after ``now``
+    action: TickAction  # due: runs when its turn comes; skip: counted; ignore: not active
+    because: str = ""  # skip: why, for the ``tick.skipped`` log
 
-    def _decide(self, slot: Slot) -> RunRequest | None:
-        if slot.held_until is not None:  # after a crash only a person's trigger runs
-            return self._decide_manual(slot)
-        if slot.resume is not None:
-            run_id, handler = slot.resume
-            slot.resume = None
-            return RunRequest(slot.id, slot.name, handler, RunKind.CONSUMER, "resume",
-                              run_id=run_id)
-        if slot.reconcile_due:
-            run_id, handler = next(iter(slot.reconcile_due.items()))
-            del slot.reconcile_due[run_id]
-            return RunRequest(slot.id, slot.name, handler, RunKind.CONSUMER, "reconcile",
-                              run_id=run_id)
-        if slot.blocked is not None or slot.manifest is None:
-            return None  # SPEC §15 scenario 15: nothing else runs while a run is unfinished
-        m = slot.manifest
-        for handler in list(slot.manual):
-            if handler in m.consumers:
-                del slot.manual[handler]
-                self.store.record_wake(slot.id, handler, "manual trigger")
-                return self._request(slot, handler, RunKind.CONSUMER, "manual")
-        if slot.active and slot.dirty:
-            consumers = {n: c.subscribe for n, c in m.consumers.items()}
-            ready = self.store.ready_consumers(slot.id, consumers, self.now())
-            if ready:
-                return self._request(slot, ready[0][1], RunKind.CONSUMER, "event")
-            slot.dirty = False
-        for handler in list(slot.manual):
-            del slot.manual[handler]
-            if handler in m.producers:
-                return self._request(slot, handler, RunKind.PRODUCER, "manual")
-        if slot.active and slot.due_producers:
-            handler, fired = min(slot.due_producers.items(), key=lambda kv: kv[1])
-            del slot.due_producers[handler]
-            self.store.record_fire(slot.id, handler, fired)
-            return self._request(slot, handler, RunKind.PRODUCER, "schedule", fired)
-        return None
 
-    def _decide_manual(self, slot: Slot) -> RunRequest | None:
-        m = slot.manifest
-        if m is None or slot.blocked is not None or not slot.manual:
-            return None
-        handler = next(iter(slot.manual))
-        del slot.manual[handler]
-        kind = RunKind.CONSUMER if handler in m.consumers else RunKind.PRODUCER
-        return self._request(slot, handler, kind, "manual")
+def decide_tick(slot: Slot, handler: str, due: datetime, now: datetime) -> TickDecision:
+    """The tick of producer ``handler`` that was due at ``due`` is processed at ``now``."""
+    assert slot.manifest is not None
+    schedule = slot.manifest.producers[handler].schedule
+    assert schedule is not None
+    following = timing.following(schedule, due, now)  # late: no burst of catch-up ticks
+    if not slot.active:
+        return TickDecision(following, "ignore")  # SPEC §7.1: paused etc. run nothing
+    if slot.busy is not None or slot.blocked is not None:
+        # SPEC §7.1: a tick that finds the workflow busy is skipped, counted, visible.
+        because = slot.blocked or f"{slot.busy.handler if slot.busy else ''} is running"
+        return TickDecision(following, "skip", because)
+    return TickDecision(following, "due")
 
-    def _request(self, slot: Slot, handler: str, kind: RunKind, trigger: Trigger,
-                 fired: datetime | None = None) -> RunRequest:
-        return RunRequest(slot.id, slot.name, handler, kind, trigger, fired)
 
-    def finished(self, request: RunRequest, outcome: RunOutcome | None) -> None:
-        """A run ended (``outcome`` is None when it crashed inside the host)."""
-        self.counters.finished += 1
-        slot = self.slots.get(request.workflow_id)
-        if slot is None:
-            return
-        slot.busy = None
-        slot.dirty = True  # a commit may have published to a subscribed topic
-        if outcome is None:
-            slot.crashes += 1
-            slot.held_until = self.now() + timedelta(seconds=crash_backoff(slot.crashes))
-            self._push(slot.held_until, slot, "retry", "")
-            self._emit("workflow.held", slot, handler=request.handler,
-                       until=slot.held_until.isoformat(), crashes=slot.crashes)
-        else:
-            slot.crashes = 0
-        if outcome is None or outcome.status is not RunStatus.COMMITTED:
-            # The run failed or was suspended: the workflow's status may have changed.
-            try:
-                slot.status = self.store.get_workflow(slot.id).status
-                self._refresh_block(slot)
-            except KeepflowError as exc:  # the store is unavailable: keep what we know
-                self._emit("store.unavailable", slot, error=exc.message)
-        elif request.kind is RunKind.CONSUMER:
-            facts = self.store.handler_facts(slot.id).get((slot.id, request.handler))
-            if facts and facts.sleep_until and facts.sleep_until > self.now():
-                self._push(facts.sleep_until, slot, "wake", request.handler)
-                self._emit("consumer.sleeping", slot, handler=request.handler,
-                           until=facts.sleep_until.isoformat())
-        self._emit("run.end", slot, handler=request.handler,
-                   status=outcome.status.value if outcome else "error",
-                   run=outcome.run_id if outcome else None)
-        self._enqueue(slot)
+# ---------------------------------------------------------------------------- triggers
 
-    # ------------------------------------------------------------------ observing
 
-    def idle(self) -> bool:
-        return not self._runnable and all(s.busy is None for s in self.slots.values())
+def check_trigger(slot: Slot | None, workflow_id: str, handler: str) -> None:
+    """Refuse a manual run (SPEC §7.1) that cannot be queued: unknown workflow or handler, a
+    disabled workflow, another run unfinished. A busy or paused workflow may be triggered."""
+    if slot is None or slot.manifest is None:
+        raise NotFound(f"workflow {workflow_id} has no deployed version")
+    m = slot.manifest
+    if handler not in m.producers and handler not in m.consumers:
+        known = ", ".join(sorted([*m.producers, *m.consumers]))
+        raise NotFound(f"workflow '{slot.name}' has no handler '{handler}' "
+                       f"(handlers: {known})")
+    if slot.status is WorkflowStatus.DISABLED:
+        raise Conflict(f"workflow '{slot.name}' is disabled; resume it first")
+    if slot.blocked is not None:
+        raise Conflict(f"workflow '{slot.name}' has an unfinished {slot.blocked}; nothing "
+                       "else of it runs until that run is resolved")
 
-    def running(self) -> int:
-        return sum(1 for s in self.slots.values() if s.busy is not None)
 
-    def _emit(self, event: str, slot: Slot, **fields: object) -> None:
-        for listener in self.listeners:
-            listener(event, {"workflow": slot.name, **fields})
+# ---------------------------------------------------------------------------- dispatch
+
+
+@dataclass(frozen=True)
+class RunChoice:
+    """What a workflow runs next, and what the driver records for it."""
+
+    request: RunRequest | None = None
+    #: Which consumers are ready must be looked up (oldest pending event first) to choose.
+    ask_ready: bool = False
+    #: No consumer is ready: the slot is clean until something may make one ready.
+    no_consumer_ready: bool = False
+    #: Queued manual triggers of handlers the current version no longer has: dropped.
+    dropped: tuple[str, ...] = ()
+    #: Why the chosen consumer woke, for the store (a manual trigger of a consumer).
+    wake_reason: str | None = None
+
+
+def _request(slot: Slot, handler: str, kind: RunKind, trigger: Trigger,
+             fired: datetime | None = None, run_id: str | None = None) -> RunRequest:
+    return RunRequest(slot.id, slot.name, handler, kind, trigger, fired, run_id)
+
+
+def choose_run(slot: Slot, ready: Sequence[str] | None = None) -> RunChoice:
+    """The run ``slot`` starts now, if any. ``ready``: the ready consumers, oldest pending event
+    first, once looked up — a choice with ``ask_ready`` needs them (nothing was chosen)."""
+    if slot.held_until is not None:  # after a crash only a person's trigger runs
+        return _choose_manual(slot)
+    if slot.resume is not None:
+        run_id, handler = slot.resume
+        return RunChoice(_request(slot, handler, RunKind.CONSUMER, "resume", run_id=run_id))
+    if slot.reconcile_due:
+        run_id, handler = next(iter(slot.reconcile_due.items()))
+        return RunChoice(_request(slot, handler, RunKind.CONSUMER, "reconcile", run_id=run_id))
+    if slot.blocked is not None or slot.manifest is None:
+        return RunChoice()  # SPEC §15 scenario 15: nothing else runs while a run is unfinished
+    m = slot.manifest
+    for handler in slot.manual:
+        if handler in m.consumers:
+            return RunChoice(_request(slot, handler, RunKind.CONSUMER, "manual"),
+                             wake_reason="manual trigger")
+    none_ready = False
+    if slot.active and slot.dirty:
+        if ready is None:
+            return RunChoice(ask_ready=True)
+        if ready:
+            return RunChoice(_request(slot, ready[0], RunKind.CONSUMER, "event"))
+        none_ready = True
+    dropped: list[str] = []
+    for handler in slot.manual:  # no consumer among them: producers, or gone handlers
+        if handler in m.producers:
+            return RunChoice(_request(slot, handler, RunKind.PRODUCER, "manual"),
+                             no_consumer_ready=none_ready, dropped=tuple(dropped))
+        dropped.append(handler)
+    if slot.active and slot.due_producers:
+        handler, fired = min(slot.due_producers.items(), key=lambda kv: kv[1])
+        return RunChoice(_request(slot, handler, RunKind.PRODUCER, "schedule", fired),
+                         no_consumer_ready=none_ready, dropped=tuple(dropped))
+    return RunChoice(no_consumer_ready=none_ready, dropped=tuple(dropped))
+
+
+def _choose_manual(slot: Slot) -> RunChoice:
+    m = slot.manifest
+    if m is None or slot.blocked is not None or not slot.manual:
+        return RunChoice()
+    handler = next(iter(slot.manual))
+    kind = RunKind.CONSUMER if handler in m.consumers else RunKind.PRODUCER
+    return RunChoice(_request(slot, handler, kind, "manual"))
+
+
+# ---------------------------------------------------------------------------- run ends
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """What a run's end means for its workflow."""
+
+    crashes: int  # crashes in a row, after this run
+    hold_until: datetime | None  # it crashed: hold the workflow back until then
+    refresh: bool  # it failed or was suspended (or crashed): re-read the workflow's status
+    check_sleep: bool  # a committed consumer run: did the consumer go to sleep?
+    status: str  # the run's status, or "error" when it crashed
+
+
+def after_run(slot: Slot, request: RunRequest, outcome: RunOutcome | None,
+              now: datetime) -> RunEnd:
+    """A run of ``slot`` ended at ``now``; ``outcome`` is None when it crashed in the host."""
+    if outcome is None:
+        crashes = slot.crashes + 1
+        return RunEnd(crashes, now + timedelta(seconds=crash_backoff(crashes)), refresh=True,
+                      check_sleep=False, status="error")
+    committed = outcome.status is RunStatus.COMMITTED
+    return RunEnd(0, None, refresh=not committed,
+                  check_sleep=committed and request.kind is RunKind.CONSUMER,
+                  status=outcome.status.value)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from keepflow.runtime.host import Host
 from keepflow.runtime.outcome import RunOutcome
-from keepflow.scheduler.core import RunRequest, Scheduler
+from keepflow.scheduler.core import RunRequest
 from keepflow.scheduler.dispatch import execute
+from keepflow.scheduler.driver import Scheduler
 from keepflow.scheduler.leases import Leases
 
 

@@ -22,17 +22,42 @@ from keepflow.clock import SystemClock
 from keepflow.errors import Cancelled, KeepflowError, LeaseLost
 from keepflow.runtime.host import Host
 from keepflow.runtime.outcome import RunOutcome
-from keepflow.scheduler.core import RunRequest, Scheduler
+from keepflow.scheduler.core import RunRequest
 from keepflow.scheduler.dispatch import execute
-from keepflow.scheduler.leases import Leases
+from keepflow.scheduler.driver import Scheduler
+from keepflow.scheduler.leases import RENEW_SECONDS, Leases, renewal_due
 
 log = logging.getLogger("keepflow.scheduler")
 
 CHANGE_POLL_SECONDS = 1.0
-LEASE_RENEW_SECONDS = 60.0
+LEASE_RENEW_SECONDS = RENEW_SECONDS
 MAX_SLEEP_SECONDS = 5.0
 #: Pause after a scheduler step failed (the store was unreachable, say) before the next one.
 STEP_RETRY_SECONDS = 1.0
+
+
+def wait_seconds(until_side: float, due: datetime | None, now: datetime) -> float:
+    """How long the loop may sleep (pure): until its next periodic work (``until_side``
+    seconds from now), the scheduler's next due time, and never more than
+    :data:`MAX_SLEEP_SECONDS`; a finished run or a wake-up ends the sleep earlier."""
+    timeout = min(MAX_SLEEP_SECONDS, max(0.0, until_side))
+    if due is not None:
+        timeout = min(timeout, max(0.0, (due - now).total_seconds()))
+    return timeout
+
+
+def stop_log(request: RunRequest, exc: BaseException) -> tuple[int, str, tuple[object, ...]]:
+    """How a run that ended with ``exc`` instead of an outcome is logged (pure): level,
+    message, arguments. A lost lease and a stop (shutdown, a keepflow error) are warnings;
+    anything else crashed inside the host."""
+    if isinstance(exc, LeaseLost):
+        return (logging.WARNING, "lost the lease of %s; another host runs it now",
+                (request.workflow_name,))
+    if not isinstance(exc, (Cancelled, KeepflowError)):
+        return (logging.ERROR, "run of %s.%s crashed in the host: %r",
+                (request.workflow_name, request.handler, exc))
+    return (logging.WARNING, "run of %s.%s stopped: %s",
+            (request.workflow_name, request.handler, exc))
 
 
 class StoppableClock(SystemClock):
@@ -144,8 +169,8 @@ class SchedulerLoop:
                 if loop.time() >= next_poll:
                     next_poll = loop.time() + CHANGE_POLL_SECONDS
                     self._poll_changes()
-                if loop.time() >= next_renew:
-                    next_renew = loop.time() + LEASE_RENEW_SECONDS
+                renew, next_renew = renewal_due(loop.time(), next_renew)
+                if renew:
                     self.leases.renew()
                 next_side = self._run_periodic(loop)
                 if on_idle_tick is not None:
@@ -171,10 +196,8 @@ class SchedulerLoop:
         return min(idle, default=loop.time() + MAX_SLEEP_SECONDS)
 
     async def _wait(self, until_periodic: float) -> None:
-        timeout = min(MAX_SLEEP_SECONDS, max(0.0, until_periodic))
-        due = self.scheduler.next_due()
-        if due is not None:
-            timeout = min(timeout, max(0.0, (due - self.host.clock.now()).total_seconds()))
+        timeout = wait_seconds(until_periodic, self.scheduler.next_due(),
+                               self.host.clock.now())
         wake = asyncio.ensure_future(self._wake.wait())
         waiting: set[asyncio.Future[object]] = {wake, *self._inflight}  # type: ignore[arg-type]
         await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -188,15 +211,9 @@ class SchedulerLoop:
             exc = future.exception()
             if exc is None:
                 outcome = future.result()
-            elif isinstance(exc, LeaseLost):
-                log.warning("lost the lease of %s; another host runs it now",
-                            request.workflow_name)
-            elif not isinstance(exc, (Cancelled, KeepflowError)):
-                log.error("run of %s.%s crashed in the host: %r", request.workflow_name,
-                          request.handler, exc)
             else:
-                log.warning("run of %s.%s stopped: %s", request.workflow_name,
-                            request.handler, exc)
+                level, message, args = stop_log(request, exc)
+                log.log(level, message, *args)
             self.scheduler.finished(request, outcome)
             self.stats.finished_at.append(self.host.clock.now())
             self._resolve(request, outcome, exc)

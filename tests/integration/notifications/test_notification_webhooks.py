@@ -203,6 +203,7 @@ def test_cli_lists_notifications_after_sweeping(store_url: str, store: Store,
     store.set_workflow_status(wf[0], WorkflowStatus.NEEDS_ACTION, REASON, "test")
     monkeypatch.setenv("KEEPFLOW_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KEEPFLOW_DATABASE_URL", store_url)
+    (tmp_path / "home").mkdir()  # the home `keepflow init` made (the store is the database)
     res = CliRunner().invoke(cli, ["notifications", "--json"])
     assert res.exit_code == 0, res.output
     [item] = json.loads(res.output)

@@ -4,7 +4,6 @@ code runs on PostgreSQL in tests/integration/store)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -30,18 +29,6 @@ from keepflow.store.store import Store
 from tests.support import runs
 
 S = RunStatus
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def store(clock: FakeClock) -> Iterator[Store]:
-    s = Store("sqlite://", clock=clock.now)
-    yield s
-    s.close()
 
 
 def _world(store: Store, clock: FakeClock) -> tuple[str, str]:

@@ -44,6 +44,9 @@ class StaticCall:
     literals: Mapping[str, str] = field(default_factory=dict)
     #: Helper functions the call is reached through, outermost first.
     via: tuple[str, ...] = ()
+    #: The property names of the first argument when it is an object literal without a
+    #: spread (``None``: not statically known).
+    keys: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,9 +156,15 @@ def _static_call(script: Script, handler: HandlerFn, call: CtxCall) -> StaticCal
     scope: dict[str, str] = {}
     arg = unwrap(first_argument(call.node))
     url_node: Node | None = arg if arg is not None and arg.type != "object" else None
+    names: list[str] = []
+    known = arg is not None and arg.type == "object"
     if arg is not None and arg.type == "object":
         for member in script.members(arg):
-            if member.key is None or member.value.type == "method_definition":
+            if member.key is None:  # a spread or a computed key: the keys are not known
+                known = False
+                continue
+            names.append(member.key)
+            if member.value.type == "method_definition":
                 continue
             value = script.constant_string(member.value)
             if value is not None:
@@ -178,6 +187,7 @@ def _static_call(script: Script, handler: HandlerFn, call: CtxCall) -> StaticCal
         scope=scope,
         literals=literals,
         via=call.via,
+        keys=tuple(names) if known else None,
     )
 
 
