@@ -29,7 +29,7 @@ from keepflow.model import (
     RunStatus,
 )
 from keepflow.policies import Policy, PolicyBook
-from keepflow.runtime.bridge import DeclaredMutation, RunScope
+from keepflow.runtime.bridge import DeclaredMutation, RunBuffers, RunScope
 from keepflow.runtime.ledger import MutationOutcome, perform
 from keepflow.store.convert import sha256_json
 from keepflow.store.store import Store
@@ -117,7 +117,7 @@ class World:
             store=self.store, connections=OneConnection(connector), policy=connector_policy,
             policies=PolicyBook(connector_policy), workflow_name="wf", clock=self.clock,
             declared_topics=frozenset({"items"}), subscribed=frozenset({"items"}),
-            reserved_titles=["Item a"])
+            buffers=RunBuffers(reserved_titles=["Item a"]))
 
     def perform(self, connector: Scripted, params: dict[str, Any] | None = None
                 ) -> tuple[RunScope, MutationOutcome]:

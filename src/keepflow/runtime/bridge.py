@@ -49,8 +49,23 @@ class DeclaredMutation:
 
 
 @dataclass
+class RunBuffers:
+    """What a run gathers between its durable points: counters and publishes held in memory
+    until the next transition writes them (SPEC §3: publishes commit with the run)."""
+
+    tool_calls: int = 0
+    log_seq: int = 0
+    call_seq: int = 0
+    publishes: list[EventDraft] = field(default_factory=list)
+    published_bytes: int = 0
+    #: Titles of the events this run reserved: the words of escalations (SPEC §6.6).
+    reserved_titles: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class RunScope:
-    """What all invocations of one run share."""
+    """What all invocations of one run share: the run, what it runs with (version, fence,
+    store, connections, policy, clock, the topics it may touch) and its :class:`RunBuffers`."""
 
     run: RunDraft
     version: VersionRecord
@@ -65,13 +80,7 @@ class RunScope:
     subscribed: frozenset[str] = frozenset()
     #: The connections the script calls (known since deploy; empty for older versions).
     needs_connections: tuple[str, ...] = ()
-    tool_calls: int = 0
-    log_seq: int = 0
-    call_seq: int = 0
-    publishes: list[EventDraft] = field(default_factory=list)
-    published_bytes: int = 0
-    #: Titles of the events this run reserved: the words of escalations (SPEC §6.6).
-    reserved_titles: list[str] = field(default_factory=list)
+    buffers: RunBuffers = field(default_factory=RunBuffers)
 
     def policy_for(self, connection: str) -> Policy:
         """The effective policy of calls to ``connection`` (SPEC §10 per-connector values)."""
@@ -79,9 +88,9 @@ class RunScope:
 
     def note(self, phase: Phase | None, level: str, message: str) -> None:
         """A host-written line in the run log (e.g. a duplicate publish, SPEC §3)."""
-        self.log_seq += 1
+        self.buffers.log_seq += 1
         self.run.stored_bytes += len(message.encode())  # docs/security.md#limits
-        self.run.logs.append(LogRecord(seq=self.log_seq, phase=phase, level=level,
+        self.run.logs.append(LogRecord(seq=self.buffers.log_seq, phase=phase, level=level,
                                        message=message, at=self.clock.now()))
 
 
@@ -114,7 +123,7 @@ class Bridge:
     def _publish(self, call: HostCall) -> Reply:
         self.rules.check("ctx.publish", self.rules.publish)
         s = self.scope
-        if len(s.publishes) >= s.policy.limits.publishes_per_run:
+        if len(s.buffers.publishes) >= s.policy.limits.publishes_per_run:
             raise SandboxLimitExceeded(
                 f"the run published more than {s.policy.limits.publishes_per_run} events "
                 "(policy limits.publishes_per_run)", limit="publishes")
@@ -122,20 +131,20 @@ class Bridge:
         event = call.args[1] if len(call.args) > 1 else None
         draft = values.event_draft(topic, event, declared=s.declared_topics,
                                    payload_limit=s.policy.limits.payload_bytes)
-        for earlier in s.publishes:
+        for earlier in s.buffers.publishes:
             if earlier.topic == draft.topic and earlier.message_id == draft.message_id:
                 self.note("warn", f"duplicate publish of {draft.topic}/{draft.message_id} in "
                                   "this run ignored (events are idempotent by messageId)")
                 return Resolve({"messageId": draft.message_id})
         limit = s.policy.limits.publish_bytes_per_run
-        if s.published_bytes + draft.size > limit:
+        if s.buffers.published_bytes + draft.size > limit:
             raise SandboxLimitExceeded(
                 f"the run published more than {limit} bytes of events (policy "
                 "limits.publish_bytes_per_run); publish references to large data instead of "
                 "the data, or fewer events per run (docs/security.md#limits)",
                 limit="publish_bytes")
-        s.published_bytes += draft.size
-        s.publishes.append(draft)
+        s.buffers.published_bytes += draft.size
+        s.buffers.publishes.append(draft)
         return Resolve({"messageId": draft.message_id})
 
     def _subscribed_topic(self, display: str, topic: Any) -> str:
@@ -182,8 +191,8 @@ class Bridge:
         connector = s.connections.get(call.connection)
         spec = connector.tool(call.tool)
         self.rules.check_tool(call.display, spec.kind)
-        s.tool_calls += 1
-        if s.tool_calls > s.policy.limits.tool_calls_per_run:
+        s.buffers.tool_calls += 1
+        if s.buffers.tool_calls > s.policy.limits.tool_calls_per_run:
             raise SandboxLimitExceeded(
                 f"the run made more than {s.policy.limits.tool_calls_per_run} tool calls "
                 "(policy limits.tool_calls_per_run)", limit="tool_calls")
@@ -236,7 +245,7 @@ class Bridge:
                   t0: float, error: KeepflowError | None = None, *, size: int | None = None
                   ) -> None:
         s = self.scope
-        s.call_seq += 1
+        s.buffers.call_seq += 1
         if result is not None:
             size = values.json_size(result) if size is None else size
             if size > RESULT_LOG_LIMIT:
@@ -244,7 +253,8 @@ class Bridge:
             s.run.stored_bytes += min(size, RESULT_LOG_LIMIT)
         s.run.stored_bytes += values.json_size(params)
         s.run.tool_calls.append(ToolCallRecord(
-            seq=s.call_seq, phase=self.phase, target=call.target, connection=call.connection,
+            seq=s.buffers.call_seq, phase=self.phase, target=call.target,
+            connection=call.connection,
             tool=call.tool, kind=kind, params=params, ok=ok, result=result,
             error=error.to_dict() if error else None, started_at=s.clock.now(),
             duration_ms=(time.perf_counter() - t0) * 1000,

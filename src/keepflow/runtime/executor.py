@@ -158,7 +158,7 @@ class Executor:
         faults.point("producer.before_commit")
         return self._commit(scope, Phase.PRODUCER, {"state": state}, None, lambda quota:
                             self.host.store.commit_producer_run(
-                                run, scope.fence, scope.publishes, new_state, quota=quota))
+                                run, scope.fence, scope.buffers.publishes, new_state, quota=quota))
 
     def _commit(self, scope: RunScope, phase: Phase, inputs: dict[str, Any],
                 claim: EventClaim | None, commit: Callable[[int], object]) -> RunOutcome:
@@ -199,7 +199,7 @@ class Executor:
                                                 sorted(scope.subscribed))
         except RunFailure as f:
             return self._fail(scope, f, Phase.PREPARE, {"state": state})
-        scope.reserved_titles = [e.title for e in reserved]
+        scope.buffers.reserved_titles = [e.title for e in reserved]
         run.prepared = prepared.to_json()
         run.stored_bytes += prepared.size
         run.step(RunStatus.PREPARED, clock.now(),
@@ -281,7 +281,7 @@ class Executor:
     def _resume(self, scope: RunScope, rec: RunRecord, wf: WorkflowRecord, ver: VersionRecord,
                 reconcile: bool) -> RunOutcome:
         run, store = scope.run, self.host.store
-        scope.reserved_titles = store.reserved_titles(run.id)
+        scope.buffers.reserved_titles = store.reserved_titles(run.id)
         now = self.host.clock.now()
         if run.status is RunStatus.FAILED:
             run.failure, run.finished_at = None, None
@@ -374,7 +374,7 @@ class Executor:
         return self._commit(
             scope, Phase.NEXT, {"prepared": prepared, "mutationResult": run.mutation_result},
             claim, lambda quota: self.host.store.commit_consumer_run(
-                run, scope.fence, publishes=scope.publishes, state=state, outcome=outcome,
+                run, scope.fence, publishes=scope.buffers.publishes, state=state, outcome=outcome,
                 claim=claim, sleep=sleep, quota=quota))
 
     # ------------------------------------------------------------------ failures (SPEC §8)
@@ -406,10 +406,10 @@ class Executor:
 
     def _note_duplicates(self, scope: RunScope, phase: Phase) -> None:
         """SPEC §3, §15.1: a re-published messageId is a no-op, noted on the run."""
-        if not scope.publishes:
+        if not scope.buffers.publishes:
             return
-        known = self.host.store.existing_events(scope.run.workflow_id, scope.publishes)
-        for draft in scope.publishes:
+        known = self.host.store.existing_events(scope.run.workflow_id, scope.buffers.publishes)
+        for draft in scope.buffers.publishes:
             old = known.get((draft.topic, draft.message_id))
             if old is None:
                 continue

@@ -222,7 +222,7 @@ def _indeterminate(scope: RunScope, mutation: MutationRecord, cause: ConnectorEr
     why = why or cause.message
     note = f"outcome unknown: {why}"
     run.step(RunStatus.SUSPENDED, scope.clock.now(), note=note)  # a note if already suspended
-    status = route_indeterminate(mutation.description, scope.reserved_titles, why,
+    status = route_indeterminate(mutation.description, scope.buffers.reserved_titles, why,
                                  can_verify=can_verify)
     rec = scope.store.suspend_indeterminate(run, scope.fence, mutation.id,
                                             error=cause.to_dict(), reconciled=reconciled,
@@ -257,11 +257,12 @@ def _await_approval(scope: RunScope, declared: DeclaredMutation, description: st
 
 def _log(scope: RunScope, declared: DeclaredMutation | MutationRecord, call: ToolCall,
          t0: float, result: Any, error: ConnectorError | None) -> None:
-    scope.call_seq += 1
+    scope.buffers.call_seq += 1
     # The attempt's params and result, kept by the ledger and the run (docs/security.md#limits).
     scope.run.stored_bytes += json_size(dict(call.params)) + json_size(result)
     scope.run.tool_calls.append(ToolCallRecord(
-        seq=scope.call_seq, phase=Phase.MUTATE, target="tool", connection=declared.connection,
+        seq=scope.buffers.call_seq, phase=Phase.MUTATE, target="tool",
+        connection=declared.connection,
         tool=declared.tool, kind=ToolKind.MUTATE.value,
         params={**call.params, "idempotencyKey": call.idempotency_key}, ok=error is None,
         result=result, error=error.to_dict() if error else None, started_at=scope.clock.now(),
