@@ -14,8 +14,10 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## run the example workflow end to end on the embedded SQLite store
 	$(PY) examples/orders/demo.py
 
+# One test at a time to each worker (--maxschedchunk 1), longest (`slow`) first: see
+# pytest_collection_modifyitems in tests/conftest.py.
 test: $(VENV)/.installed  ## the whole test suite (SQLite and PostgreSQL), on both cores
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --maxschedchunk 1
 
 test-serial: $(VENV)/.installed  ## the whole suite in one process (e.g. to debug an ordering effect)
 	$(PY) -m pytest -q

@@ -75,11 +75,13 @@ def _backend(name: str, b: Backends, floor_numbers: dict[str, Any], quick: bool
         _log(f"{name}: history growth")
         out["history"] = scheduler.bench_history(pool, quick, fresh)
         _log(f"{name}: idle workflows")
+        # --quick: the serve start-up and the readings still happen, without the long waits
+        settle = 0.5 if quick else 10.0
         out["idle"] = scheduler.bench_idle(pool, 200 if quick else 10_000,
-                                           1 if quick else 30, fresh)
+                                           0.5 if quick else 30, fresh, settle)
         _log(f"{name}: memory")
-        out["memory"] = scheduler.bench_idle(pool, 50 if quick else 1_000, 1 if quick else 2,
-                                             fresh)
+        out["memory"] = scheduler.bench_idle(pool, 50 if quick else 1_000,
+                                             0.5 if quick else 2, fresh, settle)
     return out
 
 
@@ -147,8 +149,8 @@ def main() -> None:
 
         _log("torture")
         results["torture"] = torture.run(
-            mutations=200 if quick else args.torture_mutations,
-            kills=10 if quick else args.torture_kills, seed=20261127)
+            mutations=120 if quick else args.torture_mutations,
+            kills=6 if quick else args.torture_kills, seed=20261127)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     optimisations = ROOT / "bench" / "optimisations.json"
     if optimisations.exists():

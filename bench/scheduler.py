@@ -163,8 +163,10 @@ def _seed_idle_workflows(home: Path, pool: SandboxPool, count: int,
     host.connections.close()
 
 
-def bench_idle(pool: SandboxPool, count: int, window: float, fresh_db: FreshStore = SQLITE
-               ) -> dict[str, Any]:
+def bench_idle(pool: SandboxPool, count: int, window: float, fresh_db: FreshStore = SQLITE,
+               settle: float = 10.0) -> dict[str, Any]:
+    """``keepflow serve`` over ``count`` idle workflows: start-up time, then, ``settle``
+    seconds later (its start-up work done), memory and CPU over ``window`` seconds."""
     database_url = fresh_db()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
@@ -187,7 +189,7 @@ def bench_idle(pool: SandboxPool, count: int, window: float, fresh_db: FreshStor
                     raise RuntimeError(f"serve did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.05)
             startup = time.perf_counter() - start
-            time.sleep(10)  # start-up work (first scheduling pass, lease sweep) finishes
+            time.sleep(settle)  # start-up work (first scheduling pass, lease sweep) ends
             workers = children(proc.pid)
             rss = {"serve_mib": round(rss_mib(proc.pid), 1),
                    "sandbox_workers": len(workers),

@@ -20,6 +20,15 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _db_counter = itertools.count()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (each tens of seconds: the crash and torture suites, the bench
+    smoke run, the real ``keepflow serve``) run first, the rest in collection order after
+    them. Under ``make test`` (``-n 2 --maxschedchunk 1``: each worker is handed one test at a
+    time) the long ones are then spread over both workers at the start and the run ends with
+    short tests on both, instead of one worker finishing a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable sort
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     url = os.environ.get("KEEPFLOW_TEST_PG_URL")

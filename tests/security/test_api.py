@@ -4,23 +4,49 @@ need the CSRF header; bad input is a clean 4xx."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.acceptance.test_serve import Server, env, servers
-
-__all__ = ["env", "servers"]  # fixtures used below
+from tests.acceptance.test_serve import Server, serve_env
+from tests.conftest import new_pg_database
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[tuple[Server, dict[str, str]]]:
+    """One `keepflow serve` per backend for this module (and its environment): the tests
+    below only read, are refused, or start a second server that must be refused, so they can
+    share it instead of each starting its own (~2 s apiece)."""
+    tmp = tmp_path_factory.mktemp(f"api-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp / 'keepflow.db'}"
+    else:
+        url = new_pg_database(request.getfixturevalue("pg_admin_url"),
+                              request.getfixturevalue("pg_template"))
+    env = serve_env(tmp, url)
+    s = Server(env, tmp / "serve.log")
+    try:
+        yield s, env
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait()
+
+
 @pytest.fixture
-def server(env: dict[str, str], tmp_path: Path, servers: list[Server]) -> Server:
-    s = Server(env, tmp_path / "serve.log")
-    servers.append(s)
+def server(api_server: tuple[Server, dict[str, str]]) -> Server:
+    s = api_server[0]
+    assert s.proc.poll() is None, "the shared server stopped"
     return s
+
+
+@pytest.fixture
+def env(api_server: tuple[Server, dict[str, str]]) -> dict[str, str]:
+    return api_server[1]
 
 
 def test_the_api_answers_only_requests_addressed_to_loopback(server: Server) -> None:

@@ -31,6 +31,7 @@ from keepflow.model import RunStatus, WorkflowStatus
 from keepflow.runtime.host import Host
 from keepflow.sandbox.pool import SandboxPool
 from keepflow.settings import Settings
+from tests.conftest import IN_CI
 from tests.support import guide
 from tests.support.sink import JsonHandler
 
@@ -249,8 +250,9 @@ def _typecheck(directory: Path, tsc: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, check=False)
 
 
-@pytest.mark.skipif(_tsc() is None, reason="no TypeScript compiler (set KEEPFLOW_TSC or put "
-                                           "tsc on PATH, e.g. `npm install typescript`)")
+@pytest.mark.skipif(_tsc() is None and not IN_CI,
+                    reason="no TypeScript compiler (set KEEPFLOW_TSC or put tsc on PATH, e.g. "
+                    "`apt install node-typescript`; .ci/run installs it)")
 def test_examples_typecheck_against_keepflow_dts(tmp_path: Path) -> None:
     from importlib import resources
 
@@ -271,7 +273,10 @@ def test_examples_typecheck_against_keepflow_dts(tmp_path: Path) -> None:
 
     (tmp_path / "mistakes.js").write_text(MISTAKES, encoding="utf-8")
     done = _typecheck(tmp_path, tsc)
-    errors = set(re.findall(r"mistakes\.js\((\d+),\d+\): error (TS\d+)", done.stdout))
+    found = re.findall(r"mistakes\.js\((\d+),\d+\): error (TS\d+)", done.stdout)
+    # TypeScript before 5.0 reports an unknown property of an object literal as TS2322.
+    errors = {(line, "TS2353" if (line, code) == ("6", "TS2322") else code)
+              for line, code in found}
     assert done.returncode != 0
     assert errors == {
         ("6", "TS2353"),   # schedule: unknown key `every`
