@@ -35,6 +35,19 @@ BEHAVIOURS = {
 _TRUNCATED = object()
 
 
+def start_server(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """``handler`` served on a free loopback port, in a daemon thread."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def stop_server(server: ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
 class JsonHandler(BaseHTTPRequestHandler):
     """A quiet HTTP/1.1 handler answering JSON (the base of every loopback test service)."""
 
@@ -184,15 +197,12 @@ class Sink:
             do_PATCH = do_POST
             do_DELETE = do_POST
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = start_server(Handler)
         return self
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            stop_server(self.server)
 
 
 def serve_forever() -> None:

@@ -28,29 +28,31 @@ class Example:
     connections: Callable[[Path], str]  # the connections.toml text for that home
 
 
+#: The orders example's databases: name -> (CREATE TABLE, INSERT, rows to insert).
+_ORDERS_DATABASES: dict[str, tuple[str, str, list[tuple[object, ...]]]] = {
+    "shop": ("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
+             "amount REAL NOT NULL)", "INSERT INTO orders (customer, amount) VALUES (?, ?)",
+             [("ACME GmbH", 120.0), ("Globex", 75.5), ("Initech", 310.0)]),
+    "books": ("CREATE TABLE invoices (order_id INTEGER PRIMARY KEY, customer TEXT, "
+              "amount REAL, created_at TEXT DEFAULT CURRENT_TIMESTAMP)", "", []),
+    "accounting": ("CREATE TABLE notifications (invoice_order_id INTEGER PRIMARY KEY, "
+                   "text TEXT NOT NULL, created_at TEXT DEFAULT CURRENT_TIMESTAMP)", "", []),
+}
+
+
 def _orders_databases(home: Path) -> list[Path]:
+    """Each database that does not exist yet, created with its table and rows."""
     created = []
-    shop, books, accounting = (home / f"{n}.db" for n in ("shop", "books", "accounting"))
-    if not shop.exists():
-        with sqlite3.connect(shop) as db:
-            db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
-                       "amount REAL NOT NULL)")
-            db.executemany("INSERT INTO orders (customer, amount) VALUES (?, ?)",
-                           [("ACME GmbH", 120.0), ("Globex", 75.5), ("Initech", 310.0)])
+    for name, (schema, insert, rows) in _ORDERS_DATABASES.items():
+        path = home / f"{name}.db"
+        if path.exists():
+            continue
+        with sqlite3.connect(path) as db:
+            db.execute(schema)
+            if rows:
+                db.executemany(insert, rows)
         db.close()
-        created.append(shop)
-    if not books.exists():
-        with sqlite3.connect(books) as db:
-            db.execute("CREATE TABLE invoices (order_id INTEGER PRIMARY KEY, customer TEXT, "
-                       "amount REAL, created_at TEXT DEFAULT CURRENT_TIMESTAMP)")
-        db.close()
-        created.append(books)
-    if not accounting.exists():
-        with sqlite3.connect(accounting) as db:
-            db.execute("CREATE TABLE notifications (invoice_order_id INTEGER PRIMARY KEY, "
-                       "text TEXT NOT NULL, created_at TEXT DEFAULT CURRENT_TIMESTAMP)")
-        db.close()
-        created.append(accounting)
+        created.append(path)
     return created
 
 

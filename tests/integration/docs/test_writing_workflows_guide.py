@@ -33,7 +33,7 @@ from keepflow.sandbox.pool import SandboxPool
 from keepflow.settings import Settings
 from tests.conftest import IN_CI
 from tests.support import guide
-from tests.support.sink import JsonHandler
+from tests.support.sink import JsonHandler, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -96,15 +96,12 @@ class TicketService:
                     number = list(world.received).index(key) + 1
                 self._reply(201, {"id": number, "key": key})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = start_server(Handler)
         return self
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            stop_server(self.server)
 
 
 def shop_database(path: Path) -> str:
