@@ -30,6 +30,7 @@ from keepflow.scheduler.loop import SchedulerLoop, StoppableClock
 from keepflow.server.client import find_server, remove_server_file, write_server_file
 from keepflow.settings import Settings
 from keepflow.terminal import dumps_json, visible
+from keepflow.web.api import CarriedByLoop
 from keepflow.web.app import create_app
 
 log = logging.getLogger("keepflow")
@@ -160,7 +161,7 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
     port = sock.getsockname()[1]
     url = f"http://{options.host}:{port}"
     clock = StoppableClock()
-    host = Host(settings, clock=clock)
+    host = Host(settings, clock=clock, handoff=CarriedByLoop())
     notifier = Notifier(host.store, host.policies, clock.now)  # SPEC §12
     try:
         report = recover(host)

@@ -29,6 +29,7 @@ from keepflow.runtime.host import Host
 from keepflow.scheduler.loop import SchedulerLoop
 from keepflow.storable import first_unstorable
 from keepflow.views import outcome_view
+from keepflow.web.api import operations
 
 CSRF_HEADER = "x-keepflow-request"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
@@ -62,7 +63,7 @@ def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
         await stop()
 
     app = FastAPI(title="keepflow", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
+                  redoc_url=None, openapi_url="/api/openapi.json")
 
     @app.middleware("http")
     async def guard(request: Request,
@@ -129,4 +130,5 @@ def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
         loop.refresh()
         return {"refreshed": "all"}
 
+    app.include_router(operations(host, loop))
     return app
