@@ -528,6 +528,33 @@ def _set_status(workflow: str, status: WorkflowStatus, reason: str | None, as_js
 
 @main.command()
 @click.argument("workflow")
+@click.option("--revoke", is_flag=True, help="Remove the token: inbound events are refused.")
+@json_option
+def token(workflow: str, revoke: bool, as_json: bool) -> None:
+    """Make the token of WORKFLOW's inbound events, shown this once (replaces the old one).
+
+    Other systems then publish with POST /api/workflows/WORKFLOW/topics/TOPIC/events and
+    `Authorization: Bearer TOKEN` (docs/api.md#inbound-events)."""
+    with _host() as host:
+        if revoke:
+            data = service.revoke_inbound_token(host, workflow, _actor())
+        else:
+            data = service.create_inbound_token(host, workflow, _actor())
+
+    def show(d: dict[str, Any]) -> None:
+        if d["token"] is None:
+            _say(f"{d['workflow']}: inbound events are refused now (no token)")
+            return
+        _say(f"inbound-event token of {d['workflow']} (shown this once; the old one, if any, "
+             "no longer works):")
+        _say(f"  {d['token']}")
+        _say(f"publish with: POST {d['path']}  Authorization: Bearer <token>")
+
+    _emit(data, as_json, show)
+
+
+@main.command()
+@click.argument("workflow")
 @click.option("--reason", help="Why (kept with the status and in the audit log).")
 @json_option
 def pause(workflow: str, reason: str | None, as_json: bool) -> None:
@@ -586,20 +613,24 @@ def _print_status(data: dict[str, Any]) -> None:
 
 @main.command()
 @click.option("--host", "bind", default="127.0.0.1", show_default=True,
-              help="Address to listen on (non-loopback needs KEEPFLOW_API_TOKEN).")
+              help="Address to listen on; beyond loopback every request needs the access "
+                   "token ($KEEPFLOW_HOME/api-token).")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
               help="Port for the API and UI; 0 picks a free port and prints it.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Structured logs on stderr as text or JSON lines.")
 @click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0, 3600),
               help="Seconds runs get to reach a durable point on shutdown.")
-def serve(bind: str, port: int, log_format: str, grace: float) -> None:
-    """Run the host: scheduler, recovery and API, until SIGINT/SIGTERM."""
+@click.option("--no-ui", is_flag=True, help="Serve the JSON API only, no pages.")
+def serve(bind: str, port: int, log_format: str, grace: float, no_ui: bool) -> None:
+    """Run the host: scheduler, recovery, the web UI and the API, until SIGINT/SIGTERM.
+
+    Open the printed address in a browser (http://127.0.0.1:8765/ by default)."""
     from keepflow.server.serve import ServeOptions
     from keepflow.server.serve import serve as run_server
 
     sys.exit(run_server(_settings(), ServeOptions(host=bind, port=port, log_format=log_format,
-                                                 grace_seconds=grace)))
+                                                 grace_seconds=grace, ui=not no_ui)))
 
 
 def _after_answer(outcome: RunOutcome | None, as_json: bool) -> None:

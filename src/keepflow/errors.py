@@ -58,6 +58,30 @@ class UsageError(KeepflowError):
     code = "usage"
 
 
+class InvalidInput(UsageError):
+    """A request body or field breaks a rule; ``field`` names it (HTTP 422)."""
+
+    code = "invalid_input"
+
+
+class Unauthorized(KeepflowError):
+    """The request carries no credentials, or wrong ones (HTTP 401)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(KeepflowError):
+    """The request is understood and refused (HTTP 403)."""
+
+    code = "forbidden"
+
+
+class TooLarge(KeepflowError):
+    """The request body is over a size limit (HTTP 413)."""
+
+    code = "too_large"
+
+
 class NotFound(KeepflowError):
     """The named thing does not exist."""
 

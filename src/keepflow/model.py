@@ -182,6 +182,8 @@ class RunRecord:
     updated_at: datetime
     finished_at: datetime | None
     approval: dict[str, Any] | None = None
+    #: A person asked to retry this failed run; the host has not carried it on yet.
+    retry_requested_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,39 @@ clear sentence; nothing half-done is left behind.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from keepflow import examples
 from keepflow.deploy.validation import Validation, validate_script
-from keepflow.errors import ConfigError, Conflict, NotFound, ScriptInvalid, UsageError
-from keepflow.model import EventStatus, Fence, RunStatus, WorkflowRecord, WorkflowStatus
+from keepflow.errors import (
+    ConfigError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    InvalidResult,
+    NotFound,
+    ScriptInvalid,
+    TooLarge,
+    Unauthorized,
+    UsageError,
+)
+from keepflow.model import (
+    EventRecord,
+    EventStatus,
+    Fence,
+    RunStatus,
+    VersionRecord,
+    WorkflowRecord,
+    WorkflowStatus,
+)
 from keepflow.runtime import actions
 from keepflow.runtime.host import Host
 from keepflow.runtime.outcome import RunOutcome
@@ -25,6 +48,7 @@ from keepflow.runtime.recovery import RecoveryReport, recover
 from keepflow.sandbox.findings import Finding
 from keepflow.settings import Settings
 from keepflow.storable import escape_text
+from keepflow.store.queries import EventCursor, EventFilter
 from keepflow.views import event_detail, event_view, run_view, workflow_view
 from keepflow.workflow import WorkflowManifest
 
@@ -389,3 +413,259 @@ def notifications(host: Host, status: str | None = None) -> list[dict[str, Any]]
     if status not in (None, "open", "resolved"):
         raise UsageError(f"unknown notification status {status!r}; use open or resolved")
     return [notification_view(n) for n in host.store.list_notifications(status=status)]
+
+
+# ------------------------------------------------------------------------------ pages and API
+
+#: The largest page any listing serves.
+PAGE_MAX = 500
+_CURSOR = re.compile(r"^([pd])([0-9]{1,18})$")
+
+
+def _cursor(text: str | None) -> EventCursor | None:
+    if not text:
+        return None
+    m = _CURSOR.match(text)
+    if m is None:
+        raise InvalidInput(f"`after` must be a cursor this API returned as `next` (got "
+                           f"{escape_text(text[:40])!r})", field="after")
+    return EventCursor(m.group(1) == "p", int(m.group(2)))
+
+
+def _cursor_text(c: EventCursor | None) -> str | None:
+    return None if c is None else f"{'p' if c.pending else 'd'}{c.event_id}"
+
+
+def _when(text: str | None, name: str) -> datetime | None:
+    """An ISO 8601 date or time from a filter field; without a zone it means UTC."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(f"`{name}` must be an ISO 8601 date or time such as 2026-12-01 or "
+                           f"2026-12-01T08:00:00+00:00 (got {escape_text(text[:40])!r})",
+                           field=name) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= PAGE_MAX:
+        raise InvalidInput(f"`limit` must be 1 to {PAGE_MAX} (got {limit})", field="limit")
+    return limit
+
+
+def stale_before(host: Host, wf: WorkflowRecord) -> datetime:
+    """Pending events created before this count as stale (policy notify.stale_event_days)."""
+    from keepflow.views import inbox as inbox_view
+
+    return inbox_view.stale_cutoff(host.policies, host.clock.now())(wf)
+
+
+def event_page(host: Host, workflow: str, *, topic: str | None = None,
+               status: str | None = None, title: str | None = None, since: str | None = None,
+               until: str | None = None, after: str | None = None, limit: int = 50
+               ) -> dict[str, Any]:
+    """One page of a workflow's events, pending first, with the cursor of the next page
+    (SPEC §12 "Events"); each event says whether it is stale."""
+    wf = host.store.get_workflow(workflow)
+    if title is not None and len(title) > 200:
+        raise InvalidInput("`title` (the search text) is over 200 characters", field="title")
+    f = EventFilter(topic=topic or None, status=_event_status(status), title=title or None,
+                    since=_when(since, "since"), until=_when(until, "until"))
+    got, nxt = host.store.event_page(wf.id, f, after=_cursor(after), limit=_limit(limit))
+    cut = stale_before(host, wf)
+    return {
+        "workflow": wf.name, "topic": topic,
+        "events": [event_view(e, with_payload=False) | {"stale": _is_stale(e, cut)}
+                   for e in got],
+        "next": _cursor_text(nxt),
+    }
+
+
+def _is_stale(e: EventRecord, cut: datetime) -> bool:
+    return e.status is EventStatus.PENDING and e.reserved_by is None and e.created_at < cut
+
+
+def topics(host: Host, workflow: str) -> list[dict[str, Any]]:
+    """Every topic of the current version: counts, stale pending events, its consumers."""
+    wf, _, manifest = _current(host, workflow)
+    counts = host.store.topic_counts(wf.id)
+    stale = host.store.stale_counts(wf.id, stale_before(host, wf))
+    return [{"topic": t, "counts": counts.get(t, {s.value: 0 for s in EventStatus}),
+             "stale": stale.get(t, 0),
+             "consumers": sorted(n for n, c in manifest.consumers.items() if t in c.subscribe)}
+            for t in manifest.topics]
+
+
+def dashboard(host: Host, workflow: str) -> dict[str, Any]:
+    """A workflow's page (SPEC §12 "Workflow"): status and why, topics with their counts and
+    stale events, consumers and what wakes them, next producer runs, recent runs, versions."""
+    wf = host.store.get_workflow(workflow)
+    out: dict[str, Any] = status(host, wf.name)["workflows"][0]
+    out["topics"] = topics(host, wf.name) if wf.current_version_id else []
+    out["staleDays"] = host.policies.for_workflow(wf.name).consumer.stale_event_days
+    out["recentRuns"] = list_runs(host, wf.name, 10)
+    out["versions"] = versions(host, wf.name)
+    out["inboundToken"] = host.store.inbound_token_sha(wf.id) is not None
+    return out
+
+
+def list_runs_page(host: Host, workflow: str, *, before: str | None = None,
+                   status: str | None = None, limit: int = 50) -> dict[str, Any]:
+    wf = host.store.get_workflow(workflow)
+    if status is not None:
+        try:
+            RunStatus(status)
+        except ValueError:
+            raise InvalidInput(f"unknown run status {escape_text(status[:40])!r}; use one of: "
+                               f"{', '.join(s.value for s in RunStatus)}",
+                               field="status") from None
+    got = host.store.run_list(wf.id, _limit(limit) + 1, before=before, status=status)
+    runs = [run_view(s) for s in got[:limit]]
+    return {"workflow": wf.name, "runs": runs,
+            "next": runs[-1]["id"] if len(got) > limit else None}
+
+
+def ledger(host: Host, workflow: str, *, status: str | None = None, before: int | None = None,
+           limit: int = 100) -> dict[str, Any]:
+    """A workflow's mutation ledger, newest first (SPEC §6)."""
+    from keepflow.model import LedgerStatus
+    from keepflow.views import mutation_view
+
+    wf = host.store.get_workflow(workflow)
+    st = None
+    if status is not None:
+        try:
+            st = LedgerStatus(status)
+        except ValueError:
+            raise InvalidInput(f"unknown ledger status {escape_text(status[:40])!r}; use one "
+                               f"of: {', '.join(s.value for s in LedgerStatus)}",
+                               field="status") from None
+    got = host.store.ledger_page(wf.id, status=st, before=before, limit=_limit(limit) + 1)
+    rows = [mutation_view(m) | {"id": m.id, "runId": m.run_id} for m in got[:limit]]
+    return {"workflow": wf.name, "mutations": rows,
+            "next": rows[-1]["id"] if len(got) > limit else None}
+
+
+def versions(host: Host, workflow: str) -> list[dict[str, Any]]:
+    """Script versions, newest first, without their source."""
+    wf = host.store.get_workflow(workflow)
+    return [{"version": v.label, "id": v.id, "current": v.id == wf.current_version_id,
+             "createdBy": v.created_by, "createdAt": v.created_at.isoformat(),
+             "sha256": v.source_sha256, "findings": len(v.findings)}
+            for v in reversed(host.store.versions(wf.id))]
+
+
+def version(host: Host, workflow: str, label: str, diff_from: str | None = None
+            ) -> dict[str, Any]:
+    """One version's source, manifest and findings; with ``diff_from``, the unified diff from
+    that version to this one."""
+    import difflib
+
+    wf = host.store.get_workflow(workflow)
+    by_label = {v.label: v for v in host.store.versions(wf.id)}
+
+    def find(name: str, what: str) -> VersionRecord:
+        if name not in by_label:
+            raise NotFound(f"workflow '{wf.name}' has no version {escape_text(name[:20])!r} "
+                           f"({what}; versions: {', '.join(by_label) or 'none'})")
+        return by_label[name]
+
+    v = find(label, "version")
+    out: dict[str, Any] = {
+        "workflow": wf.name, "version": v.label, "id": v.id,
+        "current": v.id == wf.current_version_id, "createdBy": v.created_by,
+        "createdAt": v.created_at.isoformat(), "sha256": v.source_sha256, "source": v.source,
+        "manifest": v.manifest, "findings": v.findings, "diffFrom": None, "diff": None}
+    if diff_from:
+        old = find(diff_from, "diffFrom")
+        out["diffFrom"] = old.label
+        out["diff"] = list(difflib.unified_diff(
+            old.source.splitlines(), v.source.splitlines(), fromfile=f"version {old.label}",
+            tofile=f"version {v.label}", lineterm=""))
+    return out
+
+
+def audit(host: Host, *, workflow: str | None = None, before: int | None = None,
+          action: str | None = None, limit: int = 100) -> dict[str, Any]:
+    """The audit log, newest first (SPEC §12): who did what, when, before → after."""
+    wf_id = host.store.get_workflow(workflow).id if workflow else None
+    rows = host.store.audit_page(before=before, limit=_limit(limit) + 1, workflow_id=wf_id,
+                                 action=action)
+    return {"entries": rows[:limit], "next": rows[limit - 1]["id"] if len(rows) > limit
+            else None}
+
+
+# ------------------------------------------------------------------------------ inbound events
+
+
+def create_inbound_token(host: Host, workflow: str, actor: str = "cli") -> dict[str, Any]:
+    """Make (or replace) the token that authenticates a workflow's inbound events; the token
+    is returned this once — the store keeps only its SHA-256."""
+    wf = host.store.get_workflow(workflow)
+    token = "kfi_" + secrets.token_urlsafe(32)
+    host.store.set_inbound_token(wf.id, _sha(token), actor)
+    return {"workflow": wf.name, "token": token,
+            "path": f"/api/workflows/{wf.name}/topics/{{topic}}/events"}
+
+
+def revoke_inbound_token(host: Host, workflow: str, actor: str = "cli") -> dict[str, Any]:
+    wf = host.store.get_workflow(workflow)
+    host.store.set_inbound_token(wf.id, None, actor)
+    return {"workflow": wf.name, "token": None}
+
+
+def _sha(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def inbound_gate(host: Host, workflow: str, topic: str, token: str | None
+                 ) -> tuple[WorkflowRecord, WorkflowManifest]:
+    """Whether this token may publish into this topic — checked before the body is read."""
+    from keepflow.storable import first_unstorable
+
+    wf = host.store.get_workflow(workflow)
+    expected = host.store.inbound_token_sha(wf.id)
+    if expected is None:
+        raise Forbidden(f"workflow '{wf.name}' takes no inbound events until a token is made "
+                        f"for it: run `keepflow token {wf.name}` (docs/api.md#inbound-events)")
+    if not token or first_unstorable(token) is not None \
+            or not hmac.compare_digest(_sha(token), expected):
+        raise Unauthorized(f"missing or wrong inbound-event token for workflow '{wf.name}'; "
+                           "send it as `Authorization: Bearer <token>` "
+                           "(docs/api.md#inbound-events)")
+    _, _, manifest = _current(host, wf.name)
+    if topic not in manifest.topics:
+        raise NotFound(f"workflow '{wf.name}' declares no topic {escape_text(topic[:64])!r} "
+                       f"(topics: {', '.join(manifest.topics) or 'none'})", field="topic")
+    return wf, manifest
+
+
+def receive_event(host: Host, workflow: str, topic: str, body: Any, token: str | None
+                  ) -> tuple[dict[str, Any], bool]:
+    """An event from outside into a topic the script declares (docs/api.md#inbound-events):
+    idempotent by ``messageId`` exactly like a producer's publish. Returns the event and
+    whether it is new."""
+    from keepflow.runtime.values import event_draft
+    from keepflow.storable import first_unstorable
+
+    wf, manifest = inbound_gate(host, workflow, topic, token)
+    bad = first_unstorable(body)
+    if bad is not None:
+        raise InvalidInput(bad.describe("the event"), field=bad.path)
+    policy = host.policies.for_workflow(wf.name)
+    try:
+        draft = event_draft(topic, body, declared=frozenset(manifest.topics),
+                            payload_limit=policy.limits.payload_bytes, where="the event")
+    except InvalidResult as exc:
+        if "size" in exc.details:
+            raise TooLarge(exc.message, **exc.details) from None
+        raise InvalidInput(exc.message, **exc.details) from None
+    report = host.store.publish_inbound(wf.id, draft, policy.limits.workflow_storage_bytes)
+    found = host.store.event_detail(wf, topic, draft.message_id).event
+    out = event_view(found, with_payload=False) | {"created": bool(report.inserted)}
+    if report.differing:
+        out["warning"] = ("an event with this messageId already exists with a different "
+                          "payload; the first one is kept (events are idempotent by messageId)")
+    return out, bool(report.inserted)

@@ -71,6 +71,38 @@ class Settings(BaseSettings):
     def policy_file(self) -> Path:
         return self.home / "policy.toml"
 
+    @property
+    def access_token_file(self) -> Path:
+        """The access token ``keepflow serve`` made on its first start (mode 0600)."""
+        return self.home / "api-token"
+
+    def access_token(self) -> str | None:
+        """``KEEPFLOW_API_TOKEN`` if set, else the token in :attr:`access_token_file`."""
+        if self.api_token:
+            return self.api_token
+        try:
+            return self.access_token_file.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def make_access_token(self) -> str | None:
+        """Create :attr:`access_token_file` with a new random token, readable by this user
+        only; None if it exists already (then it is kept as it is)."""
+        import os
+        import secrets
+
+        token = "kfa_" + secrets.token_urlsafe(32)
+        try:
+            fd = os.open(self.access_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return None
+        except OSError as exc:
+            raise ConfigError(f"cannot write the access token to {self.access_token_file}: "
+                              f"{exc.strerror}") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(token + "\n")
+        return token
+
     def existing_home(self) -> Path:
         """The home every command but ``init`` works in; refused unless ``init`` made it.
 

@@ -104,7 +104,13 @@ def test_listings_and_actions_work_and_refuse_from_the_wrong_state(api: httpx.Cl
                    headers=CSRF)
     assert res.status_code == 409, res.text
     assert res.json()["error"]["message"]
+    before = len(detail["transitions"])
     assert ok(api.post(f"/api/runs/{failed['id']}/retry", headers=CSRF))["id"] == failed["id"]
+    # The server carries the retried run on at once: it runs the failing job again, and fails.
+    again = until(lambda: (d := ok(api.get(f"/api/runs/{failed['id']}")))["status"] == "failed"
+                  and len(d["transitions"]) > before and d, "the retried run to fail again")
+    assert again["failureMessage"] == detail["failureMessage"]
+    assert again["transitions"][before]["from"] == "failed"
     # Give the failed run up: its event ends skipped and the workflow is active again.
     ok(api.post(f"/api/runs/{failed['id']}/resolve", params={"answer": "skip"}, headers=CSRF))
     until(lambda: ok(api.get("/api/workflows/ops/topics/job/events/bad-1"))["status"]

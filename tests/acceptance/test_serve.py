@@ -184,10 +184,52 @@ def test_serve_runs_schedules_survives_restart_and_loses_nothing(
     assert "run.end" in log.read_text()  # JSON lines logs
 
 
-def test_serve_refuses_a_public_bind_without_a_token(env: dict[str, str]) -> None:
-    res = cli(env, "serve", "--host", "0.0.0.0", "--port", "0")
-    assert res.returncode == 2
-    assert "KEEPFLOW_API_TOKEN" in res.stderr
+def test_a_public_bind_requires_the_access_token_made_on_first_start(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """docs/security.md#the-api: the first start makes the token, shows it once and keeps it
+    (mode 0600); bound beyond loopback, nothing answers without it."""
+    import httpx
+
+    log = tmp_path / "public.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "keepflow.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+            env=env, stdout=subprocess.DEVNULL, stderr=out)
+    try:
+        url = wait_for(lambda: _url(log), 30, "the server to listen")
+        local = url.replace("0.0.0.0", "127.0.0.1")
+        token_file = Path(env["KEEPFLOW_HOME"]) / "api-token"
+        token = token_file.read_text().strip()
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert log.read_text().count(token) == 1  # shown once, never logged again
+        assert httpx.get(f"{local}/api/health").status_code == 401
+        assert httpx.get(f"{local}/api/health",
+                         headers={"Authorization": "Bearer wrong"}).status_code == 401
+        good = httpx.get(f"{local}/api/health", headers={"Authorization": f"Bearer {token}"})
+        assert good.status_code == 200
+        page = httpx.get(f"{local}/inbox")
+        assert page.status_code == 303
+        assert page.headers["location"] == "/login?next=/inbox"
+        with httpx.Client(base_url=local) as browser:
+            assert browser.post("/login", data={"token": "nope", "next": "/inbox"}
+                                ).status_code == 401
+            signed = browser.post("/login", data={"token": token, "next": "/inbox"})
+            assert signed.status_code == 303
+            assert signed.headers["location"] == "/inbox"
+            assert token not in signed.headers["set-cookie"]  # the cookie is an HMAC of it
+            assert browser.get("/inbox").status_code == 200
+        # The CLI finds the token in the home and talks to the server with it.
+        assert cli(env, "status").returncode == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    log.write_text("")
+    again = Server(env, log)  # a restart keeps the token and does not show it again
+    try:
+        assert token_file.read_text().strip() == token
+        assert token not in log.read_text()
+    finally:
+        again.stop()
 
 
 BACKOFF = """

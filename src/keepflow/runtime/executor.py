@@ -273,6 +273,8 @@ class Executor:
         if rec.status is RunStatus.COMMITTED:
             return RunOutcome(rec.id, rec.handler, rec.kind, rec.status)
         wf = store.get_workflow(rec.workflow_id)
+        if version is None and rec.retry_requested_at is not None and wf.current_version_id:
+            version = store.get_version(wf.current_version_id)  # a retry runs the current code
         ver = version or store.get_version(rec.version_id)
         run = RunDraft.from_record(rec, version_id=ver.id)
         scope = self._scope(run, ver, fence, wf.name)

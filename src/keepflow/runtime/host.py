@@ -76,6 +76,11 @@ class Host:
         return self._pool
 
     @property
+    def started_pool(self) -> SandboxPool | None:
+        """The sandbox pool if its workers were started (looking never starts them)."""
+        return self._pool
+
+    @property
     def policies(self) -> PolicyBook:
         if self._policies is None:
             self._policies = PolicyBook.load(self.settings.policy_file)

@@ -45,54 +45,62 @@ def _kib(n: int) -> str:
     return f"{n / 1024:.1f} KiB"
 
 
-def event_draft(topic: Any, event: Any, *, declared: frozenset[str], payload_limit: int
-                ) -> EventDraft:
-    """Validate one ``ctx.publish(topic, {messageId?, title, payload?})`` (SPEC §3)."""
+def event_draft(topic: Any, event: Any, *, declared: frozenset[str], payload_limit: int,
+                where: str | None = None) -> EventDraft:
+    """Validate one ``ctx.publish(topic, {messageId?, title, payload?})`` (SPEC §3).
+
+    ``where`` names the value in messages (default: the ``ctx.publish`` call); every
+    rejection names the offending field in its ``field`` detail."""
     if not isinstance(topic, str) or topic not in declared:
         raise InvalidResult(
             f"ctx.publish({json.dumps(topic)}): the topic is not declared in `topics` "
-            f"(declared: {', '.join(sorted(declared)) or 'none'})"
+            f"(declared: {', '.join(sorted(declared)) or 'none'})", field="topic"
         )
+    at = where or f"ctx.publish('{topic}', …)"
     if not isinstance(event, dict):
-        raise InvalidResult(
-            f"ctx.publish('{topic}', …): the event must be an object "
-            "{messageId, title, payload}"
-        )
+        raise InvalidResult(f"{at}: the event must be an object {{messageId, title, payload}}",
+                            field="$")
     unknown = set(event) - {"messageId", "title", "payload"}
     if unknown:
         raise InvalidResult(
-            f"ctx.publish('{topic}', …): unknown event field(s) {', '.join(sorted(unknown))}; "
-            "an event has messageId, title and payload"
+            f"{at}: unknown event field(s) {', '.join(sorted(map(str, unknown)))}; "
+            "an event has messageId, title and payload", field=sorted(map(str, unknown))[0]
         )
     title = event.get("title")
     if not isinstance(title, str) or not title.strip():
         raise InvalidResult(
-            f"ctx.publish('{topic}', …): `title` is required and must be a non-empty string "
-            "naming the external thing, e.g. 'Email from alice@example.com: \"Invoice\"'"
+            f"{at}: `title` is required and must be a non-empty string "
+            "naming the external thing, e.g. 'Email from alice@example.com: \"Invoice\"'",
+            field="title"
         )
     if len(title) > TITLE_MAX:
         raise InvalidResult(
-            f"ctx.publish('{topic}', …): `title` is {len(title)} characters; at most "
-            f"{TITLE_MAX} are allowed"
+            f"{at}: `title` is {len(title)} characters; at most {TITLE_MAX} are allowed",
+            field="title"
         )
     payload = event.get("payload")
     # One serialisation gives both the size and the hash (sorting keys keeps the length).
     canonical = canonical_json(payload).encode()
-    _check(len(canonical), payload_limit, f"the payload of event '{title}'")
+    size = len(canonical)
+    if size > payload_limit:
+        raise InvalidResult(
+            f"the payload of event '{title}' is {_kib(size)} as JSON, over the limit of "
+            f"{_kib(payload_limit)} (policy limits); keep large data outside keepflow and "
+            "store a reference instead", size=size, limit=payload_limit, field="payload")
     message_id = event.get("messageId")
     if message_id is None:
         # SPEC §3: derived from a hash of the canonical payload when omitted.
         message_id = "sha256:" + hashlib.sha256(canonical).hexdigest()[:40]
     elif isinstance(message_id, bool) or not isinstance(message_id, (str, int)):
         raise InvalidResult(
-            f"ctx.publish('{topic}', …): `messageId` must be a string derived from the external "
-            f"id (got {type(message_id).__name__})"
+            f"{at}: `messageId` must be a string derived from the external "
+            f"id (got {type(message_id).__name__})", field="messageId"
         )
     message_id = str(message_id)
     if not message_id or len(message_id) > MESSAGE_ID_MAX:
         raise InvalidResult(
-            f"ctx.publish('{topic}', …): `messageId` must be 1 to {MESSAGE_ID_MAX} characters "
-            f"(got {len(message_id)})"
+            f"{at}: `messageId` must be 1 to {MESSAGE_ID_MAX} characters "
+            f"(got {len(message_id)})", field="messageId"
         )
     title = title.strip()
     size = len(canonical) + len(title.encode()) + len(message_id.encode())

@@ -41,6 +41,8 @@ class Scheduler:
         self.counters = Counters()
         #: Observers of scheduling decisions (structured logs, tests): (event, fields).
         self.listeners: list[Callable[[str, dict[str, object]], None]] = []
+        #: workflow id → when its run in progress was taken (``run.end`` reports the duration).
+        self._started: dict[str, datetime] = {}
 
     # ------------------------------------------------------------------ loading
 
@@ -170,6 +172,7 @@ class Scheduler:
             if request is None:
                 continue
             slot.busy = request
+            self._started[slot.id] = self.now()
             self.counters.started += 1
             self._emit("run.start", slot, handler=request.handler, trigger=request.trigger)
             out.append(request)
@@ -210,6 +213,9 @@ class Scheduler:
     def finished(self, request: RunRequest, outcome: RunOutcome | None) -> None:
         """A run ended (``outcome`` is None when it crashed inside the host)."""
         self.counters.finished += 1
+        started = self._started.pop(request.workflow_id, None)
+        seconds = (max(0.0, (self.now() - started).total_seconds()) if started is not None
+                   else 0.0)
         slot = self.slots.get(request.workflow_id)
         if slot is None:
             return
@@ -237,7 +243,8 @@ class Scheduler:
                 self._emit("consumer.sleeping", slot, handler=request.handler,
                            until=until.isoformat())
         self._emit("run.end", slot, handler=request.handler, status=end.status,
-                   run=outcome.run_id if outcome else None)
+                   run=outcome.run_id if outcome else None, kind=request.kind.value,
+                   duration=round(seconds, 6))
         self._enqueue(slot)
 
     # ------------------------------------------------------------------ observing

@@ -143,6 +143,11 @@ class SchedulerLoop:
         self.wake()
         return future
 
+    def notify(self, workflow_id: str) -> None:
+        """New events arrived for a workflow (e.g. over HTTP): its consumers may be ready."""
+        self.scheduler.notify(workflow_id)
+        self.wake()
+
     def refresh(self, workflow_id: str | None = None) -> None:
         """Re-read one workflow (or all) after a deploy, pause or resume."""
         self.leases.acquire_all()

@@ -92,7 +92,7 @@ def find_server(settings: Settings) -> ServerInfo | None:
         return None
     except PermissionError:
         pass
-    server = ServerInfo(pid, url, settings.api_token)
+    server = ServerInfo(pid, url, settings.access_token())
     try:
         server.get("/api/health", timeout=2.0)
     except KeepflowError:

@@ -43,6 +43,7 @@ class ServeOptions:
     log_format: str = "text"  # text | json
     grace_seconds: float = 30.0
     status_every: float | None = None  # None: 2 s on a terminal, 60 s otherwise
+    ui: bool = True  # the pages; the JSON API is always served
 
 
 class JsonLines(logging.Formatter):
@@ -84,14 +85,34 @@ def _configure_logging(fmt: str, stream: TextIO) -> None:
     root.propagate = False
 
 
-def _bind(host: str, port: int, token: str | None) -> socket.socket:
+def _loopback(host: str) -> bool:
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = host == "localhost"
-    if not loopback and not token:
-        raise UsageError(f"binding to {host} exposes the API beyond this machine; set "
-                         "KEEPFLOW_API_TOKEN (clients then send it as a bearer token)")
+        return host == "localhost"
+
+
+def _required_token(settings: Settings, bind: str, stream: TextIO) -> str | None:
+    """The access token every request must carry, or None (loopback, no token set).
+
+    The first start makes one in ``$KEEPFLOW_HOME/api-token`` and shows it this once; binding
+    beyond loopback requires it (docs/security.md#the-api)."""
+    made = None if settings.api_token else settings.make_access_token()
+    if made is not None:
+        _announce(stream, f"keepflow serve: made an access token (shown this once; kept in "
+                          f"{settings.access_token_file}, readable only by you):\n  {made}\n")
+    if settings.api_token or not _loopback(bind):
+        token = settings.access_token()
+        if not token:
+            raise UsageError(f"binding to {bind} exposes the server beyond this machine and "
+                             f"needs an access token, but {settings.access_token_file} is "
+                             "empty or unreadable; remove it (a new one is made) or set "
+                             "KEEPFLOW_API_TOKEN")
+        return token
+    return None
+
+
+def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -157,7 +178,8 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
         raise UsageError(f"a keepflow server already runs for {settings.home} (pid "
                          f"{running.pid}, {running.url}); stop it first, or give this one "
                          "another KEEPFLOW_HOME")
-    sock = _bind(options.host, options.port, settings.api_token)
+    token = _required_token(settings, options.host, stream)
+    sock = _bind(options.host, options.port)
     port = sock.getsockname()[1]
     url = f"http://{options.host}:{port}"
     clock = StoppableClock()
@@ -192,16 +214,20 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
                 task.cancel()
             log.info("stopped", extra={"fields": {"unfinished_runs": left}})
 
-        app = create_app(host, loop, token=settings.api_token, lifespan_hooks=(start, stop))
+        server: dict[str, uvicorn.Server] = {}
+        app = create_app(host, loop, token=token, lifespan_hooks=(start, stop), ui=options.ui,
+                         stopping=lambda: "s" in server and server["s"].should_exit)
         write_server_file(settings, url)
-        _announce(stream, f"keepflow serve: listening on {url} (pid {os.getpid()})\n")
+        _announce(stream, f"keepflow serve: listening on {url} (pid {os.getpid()})"
+                          + (f"; open {url}/ in a browser" if options.ui else "") + "\n")
         config = uvicorn.Config(app, log_level="warning", lifespan="on",
                                 timeout_graceful_shutdown=int(options.grace_seconds) + 5)
         # uvicorn handles SIGINT/SIGTERM (graceful shutdown), then re-raises the signal to the
         # handlers it found: make those no-ops so a clean stop exits 0.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
-        uvicorn.Server(config).run(sockets=[sock])
+        server["s"] = uvicorn.Server(config)
+        server["s"].run(sockets=[sock])
         left = int(state.get("left", 0))
         if left:
             # Runs stuck past the grace period: leave like a crash; recovery resumes them.

@@ -98,6 +98,7 @@ def run(r: RowMapping) -> RunRecord:
         updated_at=r["updated_at"],
         finished_at=r["finished_at"],
         approval=r["approval"],
+        retry_requested_at=r.get("retry_requested_at"),
     )
 
 

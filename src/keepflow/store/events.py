@@ -10,13 +10,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, literal, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.sql.elements import BindParameter
 
 from keepflow.errors import Conflict, NotFound, ReservationRejected
 from keepflow.model import EventDraft, EventRecord, EventStatus, PublishReport, Reservation
 from keepflow.store import convert
-from keepflow.store.schema import event_history, events, reservations
+from keepflow.store.schema import event_history, events, inbound_tokens, reservations
 
 #: Pending and unreserved: the predicate of the partial index ``ix_events_ready``. The status is
 #: a literal in the SQL, not a bound parameter: PostgreSQL only uses a partial index when it can
@@ -54,7 +54,7 @@ _FINISH_RESERVATIONS = (
 
 def publish_txn(
     conn: Connection, workflow_id: str, run_id: str | None, drafts: Sequence[EventDraft],
-    now: datetime,
+    now: datetime, note: str = "published",
 ) -> PublishReport:
     """Insert new events; an existing ``(workflow, topic, messageId)`` is a no-op (SPEC §3)."""
     report = PublishReport()
@@ -79,7 +79,7 @@ def publish_txn(
             "status": EventStatus.PENDING.value, "attempt": 1, "created_by": run_id,
             "created_at": now, "updated_at": now,
         }).scalar_one()
-        _history(conn, event_id, EventStatus.PENDING, run_id, "published", now)
+        _history(conn, event_id, EventStatus.PENDING, run_id, note, now)
         report.inserted.append(f"{d.topic}/{d.message_id}")
     return report
 
@@ -255,3 +255,20 @@ def event_reservations(conn: Connection, event_id: int) -> list[dict[str, Any]]:
          "outcome": r["outcome"]}
         for r in conn.execute(q).mappings()
     ]
+
+
+def inbound_token_txn(conn: Connection, workflow_id: str, token_sha256: str | None, actor: str,
+                      now: datetime) -> bool:
+    """Set (or delete, with None) a workflow's inbound-event token; whether one was set."""
+    had = conn.execute(delete(inbound_tokens).where(
+        inbound_tokens.c.workflow_id == workflow_id)).rowcount > 0
+    if token_sha256 is not None:
+        conn.execute(insert(inbound_tokens).values(
+            workflow_id=workflow_id, token_sha256=token_sha256, created_at=now,
+            created_by=actor[:64]))
+    return had
+
+
+def inbound_token_sha(conn: Connection, workflow_id: str) -> str | None:
+    return conn.execute(select(inbound_tokens.c.token_sha256).where(
+        inbound_tokens.c.workflow_id == workflow_id)).scalar_one_or_none()

@@ -97,3 +97,15 @@ def for_run(conn: Connection, run_id: str) -> list[MutationRecord]:
 def with_status(conn: Connection, status: LedgerStatus) -> list[MutationRecord]:
     q = select(mutations).where(mutations.c.status == status.value).order_by(mutations.c.id)
     return [convert.mutation(r) for r in conn.execute(q).mappings()]
+
+
+def page(conn: Connection, workflow_id: str, *, status: LedgerStatus | None,
+         before: int | None, limit: int) -> list[MutationRecord]:
+    """A workflow's ledger, newest first, by keyset (``before`` a mutation id)."""
+    q = select(mutations).where(mutations.c.workflow_id == workflow_id)
+    if status is not None:
+        q = q.where(mutations.c.status == status.value)
+    if before is not None:
+        q = q.where(mutations.c.id < before)
+    q = q.order_by(mutations.c.id.desc()).limit(limit)
+    return [convert.mutation(r) for r in conn.execute(q).mappings()]

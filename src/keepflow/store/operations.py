@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from keepflow.model import EventRecord, VersionRecord, WorkflowRecord, WorkflowStatus
+from keepflow.model import (
+    EventDraft,
+    EventRecord,
+    PublishReport,
+    VersionRecord,
+    WorkflowRecord,
+    WorkflowStatus,
+)
 from keepflow.store import events as ev
 from keepflow.store import workflows as wf
 from keepflow.store.session import StoreBase
@@ -65,6 +72,35 @@ class PeopleOperations(StoreBase):
                          before={"status": before.status.value if before else None},
                          after={"status": rec.status.value}, now=now)
             return rec
+
+    def set_inbound_token(self, workflow_id: str, token_sha256: str | None, actor: str) -> None:
+        """Replace (or, with None, revoke) the token of a workflow's inbound events, audited
+        (the audit record never holds the token)."""
+        now = self.clock()
+        with self.write() as conn:
+            had = ev.inbound_token_txn(conn, workflow_id, token_sha256, actor, now)
+            wf.audit_txn(conn, actor=actor, action="workflow.inbound_token",
+                         target_type="workflow", target_id=workflow_id,
+                         before={"token": "set" if had else "none"},
+                         after={"token": "set" if token_sha256 else "none"}, now=now)
+
+    def inbound_token_sha(self, workflow_id: str) -> str | None:
+        with self.read() as conn:
+            return ev.inbound_token_sha(conn, workflow_id)
+
+    def publish_inbound(self, workflow_id: str, draft: EventDraft, quota: int | None
+                        ) -> PublishReport:
+        """An event from outside (docs/api.md#inbound-events): inserted exactly like a
+        producer's publish — an existing messageId is a no-op — and charged to the workflow's
+        storage in the same transaction (refused past ``quota``)."""
+        now = self.clock()
+        with self.write() as conn:
+            report = ev.publish_txn(conn, workflow_id, None, [draft], now,
+                                    note="received over HTTP")
+            if report.inserted:
+                wf.charge_storage_txn(conn, workflow_id, draft.size, quota)
+                wf.touch_txn(conn, workflow_id, now)
+            return report
 
     def audit(self, *, actor: str, action: str, target_type: str, target_id: str,
               before: Any = None, after: Any = None, detail: str | None = None) -> None:

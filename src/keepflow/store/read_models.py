@@ -16,6 +16,7 @@ from keepflow.errors import NotFound
 from keepflow.model import (
     EventRecord,
     EventStatus,
+    LedgerStatus,
     MutationRecord,
     RunRecord,
     RunStatus,
@@ -25,6 +26,8 @@ from keepflow.model import (
 from keepflow.store import convert, ledger_records, queries, runs, schedule
 from keepflow.store import events as ev
 from keepflow.store import workflows as wf
+from keepflow.store.metrics_queries import MetricsSnapshot, metrics_snapshot
+from keepflow.store.queries import EventCursor, EventFilter
 from keepflow.store.schedule import HandlerFacts, LastRun
 from keepflow.store.schema import events
 from keepflow.store.schema import runs as run_table
@@ -130,9 +133,50 @@ class ReadModels(StoreBase):
                 r["runStatus"] = status.get(r["runId"])
             return EventDetail(found, ev.history(conn, found.id), reservations)
 
-    def run_list(self, workflow_id: str, limit: int = 100) -> list[RunSummary]:
+    def event_page(self, workflow_id: str, f: EventFilter, *,
+                   after: EventCursor | None = None, limit: int = 50
+                   ) -> tuple[list[EventRecord], EventCursor | None]:
+        """A page of the events view and the cursor of the next one (None: the last page)."""
         with self.read() as conn:
-            return [_summary(conn, r) for r in queries.list_runs(conn, workflow_id, limit)]
+            return queries.event_page(conn, workflow_id, f, after=after, limit=limit)
+
+    def change_marker(self) -> str:
+        """A text that changes when anything the pages show changes (live refresh)."""
+        with self.read() as conn:
+            return queries.change_marker(conn)
+
+    def topic_counts(self, workflow_id: str) -> TopicCounts:
+        with self.read() as conn:
+            return queries.topic_counts(conn, workflow_id)
+
+    def stale_counts(self, workflow_id: str, before: datetime, cap: int = 10_000
+                     ) -> dict[str, int]:
+        with self.read() as conn:
+            return queries.stale_counts(conn, workflow_id, before, cap)
+
+    def run_list(self, workflow_id: str, limit: int = 100, *, before: str | None = None,
+                 status: str | None = None) -> list[RunSummary]:
+        with self.read() as conn:
+            return [_summary(conn, r)
+                    for r in queries.list_runs(conn, workflow_id, limit, before, status)]
+
+    def ledger_page(self, workflow_id: str, *, status: LedgerStatus | None = None,
+                    before: int | None = None, limit: int = 100) -> list[MutationRecord]:
+        with self.read() as conn:
+            return ledger_records.page(conn, workflow_id, status=status, before=before,
+                                       limit=limit)
+
+    def versions(self, workflow_id: str) -> list[VersionRecord]:
+        """Every script version of a workflow, oldest first."""
+        with self.read() as conn:
+            return wf.versions(conn, workflow_id)
+
+    def audit_page(self, *, before: int | None = None, limit: int = 100,
+                   workflow_id: str | None = None, action: str | None = None
+                   ) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            return queries.audit_page(conn, before=before, limit=limit,
+                                      workflow_id=workflow_id, action=action)
 
     def run_detail(self, run_id: str) -> RunDetail:
         with self.read() as conn:
@@ -158,7 +202,8 @@ class ReadModels(StoreBase):
             for w in wf.list_all(conn):
                 q = (select(run_table).where(
                     run_table.c.workflow_id == w.id,
-                    run_table.c.status.in_([RunStatus.SUSPENDED.value, RunStatus.FAILED.value]))
+                    run_table.c.status.in_([RunStatus.SUSPENDED.value, RunStatus.FAILED.value]),
+                    run_table.c.retry_requested_at.is_(None))
                      .order_by(run_table.c.id))
                 blocked = [_blocked(conn, convert.run(r)) for r in conn.execute(q).mappings()]
                 stale_q = (select(events).where(
@@ -168,6 +213,12 @@ class ReadModels(StoreBase):
                 stale = [convert.event(r) for r in conn.execute(stale_q).mappings()]
                 out.append(InboxFacts(w, blocked, stale))
         return out
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """Runs per workflow and status, pending events per topic, mutations per ledger status
+        with their reconcile attempts: three grouped queries in one read transaction."""
+        with self.read() as conn:
+            return metrics_snapshot(conn)
 
 
 def _version(conn: Connection, w: WorkflowRecord) -> VersionRecord | None:

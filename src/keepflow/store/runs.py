@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, insert, or_, select, update
 
 from keepflow.errors import NotFound
 from keepflow.model import RunDraft, RunRecord, RunStatus, StateUpdate
@@ -16,7 +16,7 @@ from keepflow.store.schema import handler_state, run_logs, run_transitions, runs
 # Statements of the hot path are built once (SPEC §5: a consumer run writes at three points);
 # building a statement costs several times more than executing it.
 _RUN_COLUMNS = ("status", "suspend_reason", "prepared", "mutation_result", "failure", "approval",
-                "updated_at", "finished_at")
+                "updated_at", "finished_at", "retry_requested_at")
 _INSERT_RUN = insert(runs)
 #: Compare-and-set: the row changes only if it still holds the status the run started from.
 _UPDATE_RUN = (update(runs).where(runs.c.id == bindparam("b_id"),
@@ -45,6 +45,7 @@ def flush_run_txn(conn: Connection, run: RunDraft, now: datetime) -> bool:
         "approval": run.approval,
         "updated_at": now,
         "finished_at": run.finished_at,
+        "retry_requested_at": None,  # a retried run is carried on by this very write
     }
     if run.durable_status is not None:
         changed = conn.execute(_UPDATE_RUN, {
@@ -141,12 +142,17 @@ def sleep_info(conn: Connection, workflow_id: str, handler: str
     return (row.sleep_until, row.sleep_watermark) if row else (None, None)
 
 
+def unfinished() -> ColumnElement[bool]:
+    """Runs that are neither committed nor failed — or failed with a retry a person asked for
+    and the host has not carried on yet."""
+    return or_(runs.c.status.notin_([RunStatus.COMMITTED.value, RunStatus.FAILED.value]),
+               runs.c.retry_requested_at.is_not(None))
+
+
 def active_runs(conn: Connection, workflow_id: str) -> list[tuple[str, str, str]]:
-    """(id, handler, status) of runs that are neither committed nor failed."""
+    """(id, handler, status) of the unfinished runs of a workflow (:func:`unfinished`)."""
     q = select(runs.c.id, runs.c.handler, runs.c.status).where(
-        runs.c.workflow_id == workflow_id,
-        runs.c.status.notin_([RunStatus.COMMITTED.value, RunStatus.FAILED.value]),
-    )
+        runs.c.workflow_id == workflow_id, unfinished())
     return [(r.id, r.handler, r.status) for r in conn.execute(q)]
 
 
@@ -183,3 +189,13 @@ def logs(conn: Connection, run_id: str) -> list[dict[str, Any]]:
 def runs_with_status(conn: Connection, statuses: Sequence[RunStatus]) -> list[str]:
     q = select(runs.c.id).where(runs.c.status.in_([s.value for s in statuses])).order_by(runs.c.id)
     return [r.id for r in conn.execute(q)]
+
+
+def retries_requested(conn: Connection) -> list[str]:
+    """Failed runs a person asked to retry that no host has carried on yet."""
+    q = select(runs.c.id).where(runs.c.retry_requested_at.is_not(None)).order_by(runs.c.id)
+    return [r.id for r in conn.execute(q)]
+
+
+def request_retry_txn(conn: Connection, run_id: str, now: datetime) -> None:
+    conn.execute(update(runs).where(runs.c.id == run_id).values(retry_requested_at=now))

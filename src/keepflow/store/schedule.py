@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, func, select
 
+from keepflow.store import runs as run_rows
 from keepflow.store.runs import update_state_row_txn
 from keepflow.store.schema import handler_state, runs, workflows
 
@@ -125,8 +126,6 @@ def pending_reconciles(conn: Connection, workflow_id: str | None = None
 
 def unfinished_by_workflow(conn: Connection) -> dict[str, tuple[str, str, str]]:
     """workflow id → (run id, handler, status) of one unfinished run, in one query."""
-    from keepflow.model import RunStatus
-
     q = select(runs.c.workflow_id, runs.c.id, runs.c.handler, runs.c.status).where(
-        runs.c.status.notin_([RunStatus.COMMITTED.value, RunStatus.FAILED.value]))
+        run_rows.unfinished())
     return {r.workflow_id: (r.id, r.handler, r.status) for r in conn.execute(q)}

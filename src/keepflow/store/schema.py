@@ -129,6 +129,10 @@ runs = Table(
     _ts("created_at"),
     _ts("updated_at"),
     _ts("finished_at", nullable=True),
+    # A person asked to retry this failed run (SPEC §7.4): it counts as unfinished until the
+    # host carries it on — here, in a running server, or on the next start. Every durable
+    # write of the run clears it.
+    _ts("retry_requested_at", nullable=True),
     Index("ix_runs_workflow_created", "workflow_id", "id"),
     Index("ix_runs_workflow_handler", "workflow_id", "handler", "id"),
     Index("ix_runs_status", "status"),
@@ -163,6 +167,8 @@ events = Table(
     _ts("updated_at"),
     UniqueConstraint("workflow_id", "topic", "message_id"),
     Index("ix_events_workflow_topic_status", "workflow_id", "topic", "status", "id"),
+    # The events page: a topic's events newest first, whatever their status, by keyset.
+    Index("ix_events_workflow_topic_id", "workflow_id", "topic", "id"),
     # peek: pending, unreserved events in append order, without scanning history.
     Index(
         "ix_events_ready",
@@ -275,6 +281,17 @@ run_logs = Table(
     Column("level", String(8), nullable=False),
     Column("message", Text, nullable=False),
     _ts("at"),
+)
+
+#: The per-workflow token that authenticates inbound events (docs/api.md#inbound-events): only
+#: its SHA-256 is kept, the token itself is shown once when it is made.
+inbound_tokens = Table(
+    "inbound_tokens",
+    metadata,
+    Column("workflow_id", String(26), ForeignKey("workflows.id"), primary_key=True),
+    Column("token_sha256", String(64), nullable=False),
+    _ts("created_at"),
+    Column("created_by", String(64), nullable=False),
 )
 
 audit_log = Table(

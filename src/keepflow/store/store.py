@@ -137,7 +137,8 @@ class Store(RunTransitions, ReadModels, PeopleOperations, SchedulerBookkeeping, 
 
     def unfinished_runs(self) -> list[RunRecord]:
         with self.read() as conn:
-            return [runs.get(conn, i) for i in runs.runs_with_status(conn, UNFINISHED)]
+            ids = set(runs.runs_with_status(conn, UNFINISHED)) | set(runs.retries_requested(conn))
+            return [runs.get(conn, i) for i in sorted(ids)]
 
     def mutations_of(self, run_id: str) -> list[MutationRecord]:
         with self.read() as conn:

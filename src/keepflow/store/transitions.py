@@ -326,5 +326,6 @@ class RunTransitions(StoreBase):
             if reactivate and workflow.status is WorkflowStatus.NEEDS_ACTION:
                 wf.set_status_txn(conn, workflow.id, WorkflowStatus.ACTIVE, None, now)
                 after = after | {"workflow": WorkflowStatus.ACTIVE.value}
+            runs.request_retry_txn(conn, run_id, now)
             wf.audit_txn(conn, actor=actor, action="run.retry", target_type="run",
                          target_id=run_id, before=before, after=after, now=now)

@@ -122,6 +122,7 @@ def _stale(wf: WorkflowRecord, found: list[EventRecord], days: float) -> list[di
         "choices": [{"answer": "skip", "command":
                      f"keepflow event skip {wf.name} {e.topic} {e.message_id}",
                      "effect": "no run will ever reserve it"}],
+        "event": {"topic": e.topic, "messageId": e.message_id},
     } for e in found]
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from keepflow.model import WorkflowRecord, WorkflowStatus
@@ -95,7 +95,8 @@ def _why(wf: WorkflowRecord, out: dict[str, Any], active: list[ActiveRun]) -> st
         return "a consumer is ready and runs next"
     due = [p["nextFire"] for p in out["producers"] if p["nextFire"]]
     if due:
-        return f"idle; the next producer tick is at {min(due)}"
+        at = datetime.fromisoformat(min(due)).astimezone(UTC)
+        return f"idle; the next producer tick is at {at:%Y-%m-%d %H:%M:%S} UTC"
     return "idle; waiting for events or a manual trigger"
 
 

@@ -9,11 +9,14 @@ run is then carried on by this server's scheduler loop, under the lease it holds
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 
 from keepflow import service
+from keepflow.errors import InvalidInput, TooLarge
 from keepflow.model import WorkflowStatus
 from keepflow.runtime.host import Host
 from keepflow.runtime.outcome import RunOutcome
@@ -22,6 +25,54 @@ from keepflow.views import outcome_view
 
 #: The actor the audit log records for answers given through the API.
 API_ACTOR = "api"
+
+
+#: The body of an inbound event, as the OpenAPI schema shows it (parsed by :func:`read_json`
+#: and checked by the same rules as a producer's ``ctx.publish``).
+INBOUND_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["title"], "additionalProperties": False,
+    "properties": {
+        "messageId": {"type": "string", "minLength": 1, "maxLength": 256,
+                      "description": "the external thing's id; the same id twice is one event"},
+        "title": {"type": "string", "minLength": 1, "maxLength": 200},
+        "payload": {"description": "any JSON value"},
+    },
+}
+
+
+def bearer(header: str | None) -> str | None:
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON, read up to a bound (the payload limit plus room for the
+    title and messageId): a larger body is refused before it is all read."""
+    bound = limit + 16 * 1024
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > bound:
+            raise TooLarge(f"the request body is over {bound:,} bytes; an event's payload may "
+                           f"be at most {limit:,} bytes as JSON (policy limits.payload_bytes)",
+                           field="payload")
+        chunks.append(chunk)
+    if size == 0:
+        raise InvalidInput("the request has no body; send a JSON object {messageId, title, "
+                           "payload}", field="$")
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(b"".join(chunks).decode("utf-8"), parse_constant=refuse)
+    except UnicodeDecodeError:
+        raise InvalidInput("the request body is not UTF-8 text", field="$") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"the request body is not valid JSON ({str(exc)[:120]})",
+                           field="$") from None
 
 
 class CarriedByLoop:
@@ -50,10 +101,26 @@ def operations(host: Host, loop: SchedulerLoop) -> APIRouter:
     async def workflows() -> list[dict[str, Any]]:
         return service.list_workflows(host)
 
+    @api.get("/workflows/{name}")
+    async def workflow(name: str) -> dict[str, Any]:
+        return service.dashboard(host, name)
+
+    @api.get("/workflows/{name}/topics")
+    async def topics(name: str) -> list[dict[str, Any]]:
+        return service.topics(host, name)
+
     @api.get("/workflows/{name}/events")
     async def events(name: str, topic: str | None = None, status: str | None = None,
                      limit: int = Query(200, ge=1, le=1000)) -> list[dict[str, Any]]:
         return service.list_events(host, name, topic, status, limit)
+
+    @api.get("/workflows/{name}/topics/{topic}/events")
+    async def topic_events(name: str, topic: str, status: str | None = None,
+                           title: str | None = None, since: str | None = None,
+                           until: str | None = None, after: str | None = None,
+                           limit: int = Query(50, ge=1, le=service.PAGE_MAX)) -> dict[str, Any]:
+        return service.event_page(host, name, topic=topic, status=status, title=title,
+                                  since=since, until=until, after=after, limit=limit)
 
     @api.get("/workflows/{name}/topics/{topic}/events/{message_id}")
     async def event(name: str, topic: str, message_id: str) -> dict[str, Any]:
@@ -62,6 +129,28 @@ def operations(host: Host, loop: SchedulerLoop) -> APIRouter:
     @api.get("/workflows/{name}/runs")
     async def runs(name: str, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         return service.list_runs(host, name, limit)
+
+    @api.get("/workflows/{name}/ledger")
+    async def ledger(name: str, status: str | None = None,
+                     before: int | None = Query(None, ge=0, le=2**62),
+                     limit: int = Query(100, ge=1, le=service.PAGE_MAX)) -> dict[str, Any]:
+        return service.ledger(host, name, status=status, before=before, limit=limit)
+
+    @api.get("/workflows/{name}/versions")
+    async def versions(name: str) -> list[dict[str, Any]]:
+        return service.versions(host, name)
+
+    @api.get("/workflows/{name}/versions/{label}")
+    async def version(name: str, label: str,
+                      diff_from: str | None = Query(None, alias="diffFrom")) -> dict[str, Any]:
+        return service.version(host, name, label, diff_from)
+
+    @api.get("/audit")
+    async def audit(workflow: str | None = None, action: str | None = None,
+                    before: int | None = Query(None, ge=0, le=2**62),
+                    limit: int = Query(100, ge=1, le=service.PAGE_MAX)) -> dict[str, Any]:
+        return service.audit(host, workflow=workflow, before=before, action=action,
+                             limit=limit)
 
     @api.get("/runs/{run_id}")
     async def run(run_id: str) -> dict[str, Any]:
@@ -106,6 +195,28 @@ def operations(host: Host, loop: SchedulerLoop) -> APIRouter:
         skipped: dict[str, Any] = service.skip_event(host, name, topic, message_id, API_ACTOR)
         refreshed(host.store.get_workflow(name).id)
         return skipped
+
+    @api.post("/workflows/{name}/inbound-token")
+    async def inbound_token(name: str) -> dict[str, Any]:
+        return service.create_inbound_token(host, name, API_ACTOR)
+
+    @api.post("/workflows/{name}/inbound-token/revoke")
+    async def revoke_inbound_token(name: str) -> dict[str, Any]:
+        return service.revoke_inbound_token(host, name, API_ACTOR)
+
+    @api.post("/workflows/{name}/topics/{topic}/events", status_code=201,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": INBOUND_SCHEMA}}}},
+              responses={200: {"description": "an event with this messageId already exists; "
+                                               "nothing changed"}})
+    async def receive(name: str, topic: str, request: Request) -> JSONResponse:
+        token = bearer(request.headers.get("authorization"))
+        service.inbound_gate(host, name, topic, token)
+        body = await read_json(request, host.policies.for_workflow(name).limits.payload_bytes)
+        out, created = service.receive_event(host, name, topic, body, token)
+        if created:
+            loop.notify(host.store.get_workflow(name).id)
+        return JSONResponse(out, status_code=201 if created else 200)
 
     @api.post("/runs/{run_id}/retry")
     async def retry(run_id: str) -> dict[str, Any]:

@@ -1,60 +1,74 @@
-"""The host's HTTP API (SPEC §12): routes only, no business logic — they call the service
-layer and the scheduler loop.
+"""The host's HTTP server (SPEC §12): the JSON API under ``/api``, the pages, ``/metrics``.
+Routes only; the logic lives in the service layer and the scheduler loop.
 
-Security: loopback by default; with an access token every request needs
-``Authorization: Bearer <token>``; state-changing requests need the header
-``X-Keepflow-Request: 1``, which a browser cannot add to a cross-site request without a CORS
-preflight that this API never grants (CSRF protection). Without a token the ``Host`` header
-must name this machine's loopback (``127.0.0.1``, ``localhost``, ``[::1]``): a page on a
-domain that an attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin with its own
-name, could add the header itself, and would otherwise reach the API
-(docs/security.md#the-api).
+Who may call it and how a state change proves it comes from our own page is
+``keepflow.web.security`` (docs/security.md#the-api).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keepflow import __version__, service
-from keepflow.errors import Conflict, KeepflowError, NotFound, UsageError
+from keepflow.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    KeepflowError,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    UsageError,
+)
 from keepflow.runtime.host import Host
 from keepflow.scheduler.loop import SchedulerLoop
 from keepflow.storable import first_unstorable
 from keepflow.views import outcome_view
 from keepflow.web.api import operations
+from keepflow.web.metrics import metrics_router
+from keepflow.web.security import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    Guard,
+    loopback_host,
+    same_origin,
+)
 
-CSRF_HEADER = "x-keepflow-request"
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+_STATUS: dict[type[KeepflowError], int] = {
+    InvalidInput: 422, NotFound: 404, Conflict: 409, UsageError: 400, Unauthorized: 401,
+    Forbidden: 403, TooLarge: 413}
+#: Inbound events authenticate with their workflow's own token, not the access token, and are
+#: sent by other programs (no CSRF: a browser cannot send the bearer token cross-site).
+_INBOUND = re.compile(r"^/api/workflows/[^/]+/topics/[^/]+/events$")
+#: What a browser may load before signing in.
+_OPEN_PATHS = frozenset({"/login", "/static/keepflow.css"})
 
 
-def _loopback_host(header: str) -> bool:
-    """Whether a ``Host`` header names loopback (with or without a port)."""
-    host = header.strip().lower()
-    if host.startswith("["):
-        host = host.split("]", 1)[0] + "]"
-    else:
-        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return host in LOOPBACK_NAMES
-_STATUS = {NotFound: 404, Conflict: 409, UsageError: 400}
+def _status_of(exc: KeepflowError) -> int:
+    return next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
 
 
-def _error(exc: KeepflowError) -> JSONResponse:
-    status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-    return JSONResponse({"error": exc.to_dict()}, status_code=status)
+def _refusal(code: str, message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
                lifespan_hooks: tuple[Callable[[], Awaitable[None]],
-                                     Callable[[], Awaitable[None]]]) -> FastAPI:
+                                     Callable[[], Awaitable[None]]],
+               ui: bool = True, stopping: Callable[[], bool] = lambda: False) -> FastAPI:
+    """``token``: the access token every request must carry (None: loopback only)."""
     start, stop = lifespan_hooks
+    guard = Guard(token)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,34 +79,69 @@ def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
     app = FastAPI(title="keepflow", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/api/openapi.json")
 
+    def failed(request: Request, exc: KeepflowError) -> Response:
+        status = _status_of(exc)
+        if ui and not request.url.path.startswith("/api/") and request.url.path != "/metrics":
+            from keepflow.web.pages import error_page
+
+            return error_page(host, guard, request, exc, status)
+        return JSONResponse({"error": exc.to_dict()}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Starlette's own refusals (no such route, wrong method) in keepflow's error shape."""
+        known: dict[int, type[KeepflowError]] = {404: NotFound, 405: UsageError}
+        cls = known.get(exc.status_code, KeepflowError)
+        message = {404: f"there is nothing at {request.url.path} (docs/api.md)",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(
+            exc.status_code, str(exc.detail))
+        response = failed(request, cls(message))
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        """A query or path value of the wrong type, named like every other refusal."""
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        message = f"`{where}`: {first.get('msg', 'invalid value')}"
+        response = failed(request, InvalidInput(message, field=where))
+        response.status_code = 422
+        return response
+
     @app.middleware("http")
-    async def guard(request: Request,
-                    call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if token is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given, f"Bearer {token}"):
-                return JSONResponse({"error": {"code": "unauthorized", "message":
-                                     "missing or wrong access token"}}, status_code=401)
-        elif not _loopback_host(request.headers.get("host", "")):
-            return JSONResponse({"error": {"code": "host", "message":
-                                 "this API answers only requests addressed to 127.0.0.1, "
-                                 "localhost or [::1]; to serve other names, set "
-                                 "KEEPFLOW_API_TOKEN (docs/security.md#the-api)"}},
-                                status_code=403)
-        texts = [request.scope.get("path", ""), *request.query_params.keys(),
-                 *request.query_params.values()]
+    async def checks(request: Request,
+                     call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        path = request.scope.get("path", "")
+        inbound = request.method == "POST" and _INBOUND.match(path) is not None
+        page = not path.startswith("/api/") and path != "/metrics"
+        if token is None and not loopback_host(request.headers.get("host", "")):
+            return _refusal("host", "this server answers only requests addressed to "
+                            "127.0.0.1, localhost or [::1]; to serve other names, bind with an "
+                            "access token (docs/security.md#the-api)", 403)
+        if not inbound and path not in _OPEN_PATHS and not guard.authorized(
+                request.headers.get("authorization", ""), request.cookies.get(SESSION_COOKIE)):
+            if page and ui and request.method == "GET":
+                from urllib.parse import quote
+
+                return RedirectResponse(f"/login?next={quote(path, safe='/')}", 303)
+            return _refusal("unauthorized", "missing or wrong access token; send it as "
+                            "`Authorization: Bearer <token>` (docs/security.md#the-api)", 401)
+        texts = [path, *request.query_params.keys(), *request.query_params.values()]
         if any(first_unstorable(t) is not None for t in texts):
-            return JSONResponse({"error": {"code": "usage", "message":
-                                 "the request's path or query holds characters that are not "
-                                 "valid text (NUL or a lone surrogate)"}}, status_code=400)
-        if request.method not in ("GET", "HEAD") and request.headers.get(CSRF_HEADER) != "1":
-            return JSONResponse({"error": {"code": "csrf", "message":
-                                 f"state-changing requests need the header {CSRF_HEADER}: 1"}},
-                                status_code=403)
+            return _refusal("usage", "the request's path or query holds characters that are "
+                            "not valid text (NUL or a lone surrogate)", 400)
+        if request.method not in ("GET", "HEAD"):
+            if not same_origin(request.headers.get("origin"), request.headers.get("host", "")):
+                return _refusal("csrf", "this request comes from another site's page; state "
+                                "changes are accepted only from keepflow's own pages", 403)
+            if not page and not inbound and request.headers.get(CSRF_HEADER) != "1":
+                return _refusal("csrf", f"state-changing requests need the header "
+                                f"{CSRF_HEADER}: 1 (docs/api.md#requests)", 403)
         try:
             return await call_next(request)
         except KeepflowError as exc:
-            return _error(exc)
+            return failed(request, exc)
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
@@ -131,4 +180,9 @@ def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
         return {"refreshed": "all"}
 
     app.include_router(operations(host, loop))
+    app.include_router(metrics_router(host, loop))  # GET /metrics, not in the schema
+    if ui:
+        from keepflow.web.pages import pages
+
+        app.include_router(pages(host, loop, guard, stopping))
     return app

@@ -193,6 +193,23 @@ def test_retry_of_a_failed_run_is_recorded_and_reactivates_the_workflow(
     assert entry["after"] == {"effect": actions.EFFECTS["retry"], "workflow": "active"}
 
 
+def test_a_retry_stays_asked_for_until_the_run_moves_on(store: Store, clock: FakeClock) -> None:
+    """A retry recorded while a server runs (or just before a crash) is not lost: the failed
+    run counts as unfinished — the scheduler and recovery carry it on — until its next
+    durable write."""
+    _, run_id = failed(store, clock)
+    wf_id = store.get_run(run_id).workflow_id
+    assert store.active_runs(wf_id) == []
+    store.retry_run(run_id, actor="eve", reactivate=True, before={}, after={})
+    assert store.get_run(run_id).retry_requested_at is not None
+    assert [r for r, _, _ in store.active_runs(wf_id)] == [run_id]
+    assert run_id in [r.id for r in store.unfinished_runs()]
+    assert [(i.run.id) for f in store.inbox_facts(lambda _: clock.now())
+            for i in f.blocked] == []  # no longer asks a person
+    actions.resolve(store, run_id, "skip", "eve")  # any durable step of the run clears it
+    assert store.get_run(run_id).retry_requested_at is None
+
+
 # ---------------------------------------------------------------- refused from a wrong state
 
 
