@@ -4,9 +4,10 @@ Writes ``bench/results/<date>.json`` and regenerates ``docs/performance.md`` (wi
 ``docs/img/``). Ratios are computed from numbers measured in this same run, because absolute
 times drift on shared machines.
 
-    python -m bench                 # everything (≈ 12 minutes on 2 cores)
+    python -m bench                 # everything (≈ 16 minutes on 2 cores)
     python -m bench --quick --docs /tmp/report   # the smoke run CI makes (tiny sizes, < 1 min)
     python -m bench --backends sqlite --no-peer --no-torture
+    python -m bench.web             # only the web surfaces (prints JSON; see bench/web.py)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import floor, report, runtime, scheduler
+from bench import floor, report, runtime, scheduler, web
 from bench.common import (
     BACKENDS,
     Backends,
@@ -47,8 +48,8 @@ def _log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _backend(name: str, b: Backends, floor_numbers: dict[str, Any], quick: bool
-             ) -> dict[str, Any]:
+def _backend(name: str, b: Backends, floor_numbers: dict[str, Any], quick: bool,
+             with_web: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"store": store_label(name)}
 
     def fresh() -> str | None:
@@ -82,6 +83,9 @@ def _backend(name: str, b: Backends, floor_numbers: dict[str, Any], quick: bool
         _log(f"{name}: memory")
         out["memory"] = scheduler.bench_idle(pool, 50 if quick else 1_000,
                                              0.5 if quick else 2, fresh, settle)
+    if with_web:
+        _log(f"{name}: web surfaces (events list, inbound event → consumer start)")
+        out["web"] = web.run_backend(fresh, quick)
     return out
 
 
@@ -116,6 +120,8 @@ def main() -> None:
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--no-peer", action="store_true", help="skip the DBOS side by side")
     parser.add_argument("--no-torture", action="store_true")
+    parser.add_argument("--no-web", action="store_true",
+                        help="skip the web surfaces (python -m bench.web runs only those)")
     parser.add_argument("--torture-mutations", type=int, default=10_000)
     parser.add_argument("--torture-kills", type=int, default=500)
     parser.add_argument("--output", type=Path, help="results file (default: bench/results/)")
@@ -140,8 +146,8 @@ def main() -> None:
             results["floor"] = floor.run(Path(tmp), pool, sink, pg_url, quick)
             _log("handler invocation")
             results["invocation"] = runtime.bench_invocation(pool, 30 if quick else 300)
-        results["backends"] = {name: _backend(name, b, results["floor"], quick)
-                               for name in names}
+        results["backends"] = {name: _backend(name, b, results["floor"], quick,
+                                              not args.no_web) for name in names}
         if not args.no_peer:
             results["peer"] = _peer(b, results["backends"], quick)
     if not args.no_torture:

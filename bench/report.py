@@ -99,6 +99,52 @@ def _plot_history(res: dict[str, Any], img: Path) -> str:
     return _save(fig, img, "perf-history.png")
 
 
+#: The web benchmark's cases, in the order the report shows them (bench/web.py).
+WEB_CASES = (
+    ("api_health", "`GET /api/health` (the floor: what any answer costs)"),
+    ("api_first", "API events, first page"),
+    ("api_deep", "API events, deep page"),
+    ("api_status_consumed", "API events, `status=consumed`"),
+    ("api_title_few", "API events, title search matching few"),
+    ("api_title_many", "API events, title search matching many"),
+    ("page_first", "events page, first page"),
+    ("page_deep", "events page, deep page"),
+    ("page_status_consumed", "events page, `status=consumed`"),
+    ("page_title_few", "events page, title search matching few"),
+)
+
+
+def _webs(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each backend's web benchmark results (``python -m bench --no-web`` has none)."""
+    return {n: b["web"] for n, b in res.get("backends", {}).items() if b.get("web")}
+
+
+def plot_web(res: dict[str, Any], img: Path) -> str | None:
+    webs = _webs(res)
+    if not webs:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    cases = [c for c, _ in WEB_CASES]
+    height = 0.8 / len(webs)
+    for j, (name, w) in enumerate(webs.items()):
+        t = w["events_list"]["timings"]
+        ys = [i + j * height for i in range(len(cases))]
+        ax.barh(ys, [t[c]["p95"] if c in t else 0 for c in cases], height,
+                label=f"{NAMES[name]} p95")
+        ax.barh(ys, [t[c]["median"] if c in t else 0 for c in cases], height * 0.4,
+                color="black", alpha=0.35, label="p50" if j == 0 else None)
+    target = next(iter(webs.values()))["events_list"]["target_p95_ms"]
+    ax.axvline(target, color="#c44e52", linestyle="--", label=f"target p95 {target:g} ms")
+    ax.set_yticks([i + height * (len(webs) - 1) / 2 for i in range(len(cases))], cases,
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per request")
+    events = next(iter(webs.values()))["events_list"]["seed"]["events"]
+    ax.set_title(f"Events list of a topic with {events:,} events (a real keepflow serve)")
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, img, "perf-web.png")
+
+
 # ----------------------------------------------------------------------------- markdown
 
 
@@ -121,6 +167,14 @@ def _goals(res: dict[str, Any]) -> list[str]:
                     f"{idle['startup_seconds']} s, {idle['cpu_percent_of_one_core']} % | "
                     f"{_ok(idle['startup_seconds'] < 10 and idle['cpu_percent_of_one_core'] < 1)}"
                     " |")
+        web = b.get("web")
+        if web:
+            ev = web["events_list"]
+            worst = max((k for k in ev["timings"] if k not in ("api_walk_next", "api_health")),
+                        key=lambda k: ev["timings"][k]["p95"])
+            rows.append(f"| events list of a topic with {ev['seed']['events']:,} events (API and "
+                        f"page, every case) p95 < {ev['target_p95_ms']:g} ms | {n} | worst "
+                        f"{ev['worst_p95_ms']} ms (`{worst}`) | {_ok(ev['target_met'])} |")
         peer = _get(res, "peer", name)
         if peer:
             one = peer["workflows_1"]
@@ -144,10 +198,71 @@ def _stat(s: dict[str, Any]) -> str:
     return f"{s['median']} / {s['p95']} / {s['min']} / {s['max']}"
 
 
+def _p(s: dict[str, Any]) -> str:
+    return f"{s['median']} / {s['p95']} / {s['p99']}"
+
+
+def web_section(res: dict[str, Any], plot: str | None = None) -> list[str]:
+    """``## Web surfaces``: the events list and inbound events against a real ``serve``."""
+    webs = _webs(res)
+    if not webs:
+        return []
+    first = next(iter(webs.values()))
+    ev = first["events_list"]
+    seed = ev["seed"]
+    st = seed["statuses"]
+    matches = seed["title_matches"]
+    names = list(webs)
+    out = [
+        "## Web surfaces", "",
+        "`bench/web.py`: a real `keepflow serve` (its own process, `--log-format json`) asked "
+        "over loopback HTTP, one request at a time, by one `httpx` client that keeps its "
+        "connection open. No run happens meanwhile (the workflow is paused).", "",
+        f"**The events list.** One topic holding {seed['events']:,} events ({st['pending']:,} "
+        f"pending, {st['consumed']:,} consumed, {st['skipped']:,} skipped; order, refund and "
+        "invoice titles over 30 days), seeded in bulk through the store. `?limit=50` on the "
+        f"API (the page shows 50). The deep page is {ev['deep_pages']} pages "
+        f"({ev['deep_offset']:,} events) in, reached by following `next` (the first row times "
+        f"each of those requests). The title searches match {min(matches.values()):,} and "
+        f"{max(matches.values()):,} events. {ev['timings']['api_first']['n']} timed requests "
+        f"per row (after {ev.get('warmup', 10)} untimed); milliseconds from sending the "
+        "request to having read the whole answer.", "",
+        "| request | " + " | ".join(f"{NAMES[n]} p50 / p95 / p99 (ms)" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for case, label in (("api_walk_next", "API events, each of the pages walked by `next`"),
+                        *WEB_CASES):
+        cells = [_p(w["events_list"]["timings"][case]) if case in w["events_list"]["timings"]
+                 else "—" for w in webs.values()]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    if plot:
+        out += ["", f"![web]({plot})"]
+    out += [
+        "", f"**An inbound event → its consumer run.** `POST "
+        "/api/workflows/{name}/topics/{topic}/events` with the workflow's inbound token, "
+        f"{first['inbound']['events']} events one at a time, each waited for (its consumer "
+        "run ends) before the next: the POST's own latency, and from sending the POST to the "
+        "consumer run's `createdAt` (the store's run row, to the microsecond; the JSON log's "
+        "`run.start` line has only a second-precise `at`, its `run.end` line names the run). "
+        "A negative \"answer → consumer run start\" means the run started before the answer "
+        "arrived.",
+        "",
+        "| backend | POST p50 / p95 / p99 (ms) | send → consumer run start p50 / p95 / p99 (ms) "
+        "| answer → consumer run start p50 / p95 (ms) |", "|---|---|---|---|",
+    ]
+    for name, w in webs.items():
+        i = w["inbound"]
+        a = i["answer_to_consumer_start"]
+        out.append(f"| {NAMES[name]} | {_p(i['post'])} | {_p(i['send_to_consumer_start'])} | "
+                   f"{a['median']} / {a['p95']} |")
+    return out
+
+
 def render(res: dict[str, Any], docs: Path) -> str:
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     plots = [_plot_floor(res, img), _plot_throughput(res, img), _plot_history(res, img)]
+    web_plot = plot_web(res, img)
     fl, inv, m = res["floor"], res["invocation"], res["machine"]
     out = [
         "# Performance",
@@ -159,7 +274,7 @@ def render(res: dict[str, Any], docs: Path) -> str:
         f" SQLite {m['sqlite']}), loopback only, in one `python -m bench` invocation that took "
         f"{res['seconds']:.0f} s. Every ratio below compares numbers measured in that same run:"
         " absolute times drift on shared machines, ratios much less. Each benchmark repeats and"
-        " reports median / p95 / min / max. Reproduce with `make bench` (≈ 12–15 minutes).",
+        " reports median / p95 / min / max. Reproduce with `make bench` (≈ 15–20 minutes).",
         "",
         "## Goals",
         "",
@@ -274,6 +389,9 @@ def render(res: dict[str, Any], docs: Path) -> str:
         per = sorted(b["throughput"].get("sandbox_worker_rss_mib") or [0.0])
         out.append(f"| {NAMES[name]} | {mem['workflows']:,} | {rss['serve_mib']} | "
                    f"{rss['sandbox_workers']} | {per[len(per) // 2]} / {per[-1]} |")
+    web = web_section(res, web_plot)
+    if web:
+        out += ["", *web]
     if res.get("peer"):
         out += ["", "## Side by side: DBOS Transact", "",
                 "The same pipeline written for DBOS Transact (`bench/peers/dbos_peer.py`): a "

@@ -23,7 +23,6 @@ from keepflow.deploy.validation import Validation, validate_script
 from keepflow.errors import (
     ConfigError,
     Conflict,
-    Forbidden,
     InvalidInput,
     InvalidResult,
     NotFound,
@@ -446,7 +445,12 @@ def _when(text: str | None, name: str) -> datetime | None:
         raise InvalidInput(f"`{name}` must be an ISO 8601 date or time such as 2026-12-01 or "
                            f"2026-12-01T08:00:00+00:00 (got {escape_text(text[:40])!r})",
                            field=name) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        # In UTC here, as the store compares it: 0001-01-01T00:00+01:00 is before year 1.
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise InvalidInput(f"`{name}` is outside the years 1 to 9999 once in UTC (got "
+                           f"{escape_text(text[:40])!r})", field=name) from None
 
 
 def _limit(limit: int) -> int:
@@ -625,16 +629,21 @@ def inbound_gate(host: Host, workflow: str, topic: str, token: str | None
     """Whether this token may publish into this topic — checked before the body is read."""
     from keepflow.storable import first_unstorable
 
-    wf = host.store.get_workflow(workflow)
+    # An unknown workflow, one without a token and a wrong token get the same answer: a
+    # caller without the token learns nothing, not even which workflows exist.
+    said = escape_text(workflow[:64])
+    refused = Unauthorized(
+        f"missing or wrong inbound-event token for workflow {said!r}: send the token "
+        f"`keepflow token {said}` made as `Authorization: Bearer <token>`; a workflow "
+        "without one takes no inbound events (docs/api.md#inbound-events)")
+    try:
+        wf = host.store.get_workflow(workflow)
+    except NotFound:
+        raise refused from None
     expected = host.store.inbound_token_sha(wf.id)
-    if expected is None:
-        raise Forbidden(f"workflow '{wf.name}' takes no inbound events until a token is made "
-                        f"for it: run `keepflow token {wf.name}` (docs/api.md#inbound-events)")
-    if not token or first_unstorable(token) is not None \
+    if expected is None or not token or first_unstorable(token) is not None \
             or not hmac.compare_digest(_sha(token), expected):
-        raise Unauthorized(f"missing or wrong inbound-event token for workflow '{wf.name}'; "
-                           "send it as `Authorization: Bearer <token>` "
-                           "(docs/api.md#inbound-events)")
+        raise refused
     _, _, manifest = _current(host, wf.name)
     if topic not in manifest.topics:
         raise NotFound(f"workflow '{wf.name}' declares no topic {escape_text(topic[:64])!r} "
@@ -647,10 +656,16 @@ def receive_event(host: Host, workflow: str, topic: str, body: Any, token: str |
     """An event from outside into a topic the script declares (docs/api.md#inbound-events):
     idempotent by ``messageId`` exactly like a producer's publish. Returns the event and
     whether it is new."""
+    from keepflow.runtime.outside import MAX_DEPTH, nesting
     from keepflow.runtime.values import event_draft
     from keepflow.storable import first_unstorable
 
     wf, manifest = inbound_gate(host, workflow, topic, token)
+    # As deep as a script may publish (the sandbox's bound): deeper, the payload could not
+    # cross to a consumer, and the host's own encoders would exhaust their recursion.
+    if isinstance(body, dict) and nesting(body.get("payload")) > MAX_DEPTH:
+        raise InvalidInput(f"the event's payload nests arrays or objects more than {MAX_DEPTH} "
+                           "levels deep; send a flatter value", field="payload")
     bad = first_unstorable(body)
     if bad is not None:
         raise InvalidInput(bad.describe("the event"), field=bad.path)

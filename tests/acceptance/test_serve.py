@@ -232,6 +232,29 @@ def test_a_public_bind_requires_the_access_token_made_on_first_start(
         again.stop()
 
 
+def test_a_stop_asked_for_right_after_listening_is_never_lost(env: dict[str, str],
+                                                              tmp_path: Path) -> None:
+    """SIGTERM the moment "listening on" is printed — before uvicorn has its own signal
+    handlers — still stops the server, cleanly (exit 0)."""
+    for i in range(3):
+        log = tmp_path / f"serve-{i}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "keepflow.cli", "serve", "--port",
+                                     "0"], env=env, stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 30
+            while "listening on" not in log.read_text(errors="replace"):
+                assert time.monotonic() < deadline, log.read_text(errors="replace")
+                assert proc.poll() is None, log.read_text(errors="replace")
+                time.sleep(0.001)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, log.read_text(errors="replace")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 BACKOFF = """
 export default Keep.workflow({
   name: "orders",

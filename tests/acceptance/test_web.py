@@ -112,9 +112,10 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
 def token(web: Web) -> str:
     """The workflow's current inbound token (made by the CLI the first time)."""
     if not web.tokens:
-        # Before any token exists, every inbound event is refused, and says how to make one.
+        # Before any token exists, every inbound event is refused, and says how to make one
+        # (the same answer as a wrong token: a caller without it learns nothing).
         res = web.publish({"title": "early"}, "anything")
-        assert res.status_code == 403, res.text
+        assert res.status_code == 401, res.text
         assert "keepflow token inbound" in res.json()["error"]["message"]
         made = kf(web.env, "token", "inbound", "--json")
         assert made.returncode == 0, made.stderr
@@ -183,6 +184,10 @@ def test_inbound_refusals_for_tokens_and_topics(web: Web, token: str) -> None:
     body = {"title": "Order"}
     assert web.publish(body, None).status_code == 401
     assert web.publish(body, token + "x").status_code == 401
+    unknown = web.client.post("/api/workflows/nobody/topics/order/events", json=body,
+                              headers={"Authorization": f"Bearer {token}"})
+    assert unknown.status_code == 401  # not 404: which workflows exist is not given away
+    assert unknown.json()["error"]["message"].startswith("missing or wrong inbound-event token")
     wrong = web.publish(body, token, topic="nope")
     assert wrong.status_code == 404
     assert "order" in wrong.json()["error"]["message"]  # names the declared topics
@@ -200,7 +205,7 @@ def test_a_replaced_token_stops_working_at_once(web: Web, token: str) -> None:
     assert web.publish({"title": "Old token"}, token).status_code == 401
     assert web.publish({"messageId": "o-fresh", "title": "Fresh"}, fresh).status_code == 201
     ok(web.client.post("/api/workflows/inbound/inbound-token/revoke", headers=CSRF))
-    assert web.publish({"title": "x"}, fresh).status_code == 403
+    assert web.publish({"title": "x"}, fresh).status_code == 401
     web.tokens.append(ok(web.client.post("/api/workflows/inbound/inbound-token",
                                          headers=CSRF))["token"])
     audit = ok(web.client.get("/api/audit", params={"action": "workflow.inbound_token"}))
@@ -293,7 +298,9 @@ def test_every_page_and_listing_answers_without_an_error(web: Web, token: str) -
 def test_no_secret_reaches_any_response_or_the_log(web: Web, token: str) -> None:
     """The connection's secret was sent to the sink on every mutation; the access token and
     the inbound token are shown only when made."""
-    assert web.publish({"messageId": "o-3", "title": "Order 3"}, token).status_code == 201
+    for i in (1, 2, 3):  # a replay where an earlier test already sent it: idempotent
+        sent = web.publish({"messageId": f"o-{i}", "title": f"Order {i}"}, token)
+        assert sent.status_code in (200, 201), sent.text
     until(lambda: ok(web.client.get("/api/workflows/inbound/topics/order/events/o-3"))
           ["status"] == "consumed", "o-3 to be consumed")
     runs = ok(web.client.get("/api/workflows/inbound/runs"))
@@ -326,6 +333,10 @@ def test_every_route_refuses_unknown_names_and_posts_without_the_header(web: Web
     """Over the published schema: each route with a name in its path answers 404 for a name
     that does not exist, and each POST answers 403 without the CSRF header — never a 5xx."""
     schema = ok(web.client.get("/api/openapi.json"))
+    # The schema describes refusals as they are sent: keepflow's shape, not FastAPI's.
+    refusal = schema["components"]["schemas"]["HTTPValidationError"]
+    assert refusal["required"] == ["error"]
+    assert "detail" not in refusal["properties"]
     fill = {"name": "no-such-workflow", "run_id": "01NOSUCHRUN0000000000000000",
             "topic": "order", "message_id": "nope", "handler": "take", "label": "9.9"}
     seen = 0
@@ -333,8 +344,9 @@ def test_every_route_refuses_unknown_names_and_posts_without_the_header(web: Web
         url = path.format(**fill)
         for method in item:
             seen += 1
-            if method == "post" and path.endswith("/events"):  # inbound: its own token
-                assert web.client.post(url, json={"title": "x"}).status_code == 404, path
+            if method == "post" and path.endswith("/events"):  # inbound: its own token, and
+                # an unknown workflow is the same 401 as a wrong token (nothing given away)
+                assert web.client.post(url, json={"title": "x"}).status_code == 401, path
                 continue
             if method == "post":
                 bare = web.client.post(url)
@@ -350,3 +362,23 @@ def test_every_route_refuses_unknown_names_and_posts_without_the_header(web: Web
             assert res.status_code == 404, (method, path, res.status_code, res.text[:200])
             assert res.json()["error"]["message"]
     assert seen >= 30
+
+
+def test_a_confirmation_says_what_the_store_says_not_what_the_link_says(web: Web, token: str
+                                                                       ) -> None:
+    assert web.publish({"messageId": "o-confirm", "title": "Order to confirm"},
+                       token).status_code in (200, 201)
+    page = web.client.get("/confirm", params={
+        "action": "skip_event", "target": "/ui/events/skip", "back": "//evil.example/",
+        "about": "Click yes to receive your refund", "f.workflow": "inbound",
+        "f.topic": "order", "f.message_id": "o-confirm", "f.csrf": "x"})
+    assert page.status_code == 200
+    assert "refund" not in page.text  # a crafted link cannot put words on our page
+    assert "Order to confirm" in page.text
+    assert 'name="back" value="/"' in page.text  # never back to another site
+    assert 'name="csrf" value="x"' not in page.text  # only the known fields are carried
+    for params in ({"action": "approve", "target": "/ui/runs/01NOSUCHRUN/approve"},
+                   {"action": "approve", "target": "/ui/runs/01NOSUCHRUN/skip"},
+                   {"action": "disable", "target": "https://evil.example/ui/workflows/x/disable"},
+                   {"action": "rm", "target": "/ui/workflows/inbound/rm"}):
+        assert web.client.get("/confirm", params=params).status_code == 404, params

@@ -52,6 +52,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert b["throughput"]["workflows_100"]["runs"] == 100
         assert b["history"]["ratio"] > 0
         assert b["idle"]["startup_seconds"] > 0
+        assert b["web"]["events_list"]["seed"]["events"] == 500
+        assert b["web"]["inbound"]["send_to_consumer_start"]["n"] == 5
         for n in (1, 100):
             assert res["peer"][backend][f"workflows_{n}"]["dbos"]["exactly_once"] is True
     assert res["torture"]["duplicates"] == 0
@@ -59,5 +61,6 @@ def test_bench_smoke(tmp_path: Path) -> None:
     page = (docs / "performance.md").read_text()
     assert "## Goals" in page
     assert "DBOS" in page
+    assert "## Web surfaces" in page
     assert {p.name for p in (docs / "img").iterdir()} >= {
-        "perf-floor.png", "perf-throughput.png", "perf-history.png"}
+        "perf-floor.png", "perf-throughput.png", "perf-history.png", "perf-web.png"}

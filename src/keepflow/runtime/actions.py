@@ -72,6 +72,12 @@ def skip_failed(store: Store, run_id: str, actor: str) -> RunRecord:
             rec.mutation_result or {}).get("status") == "applied":
         raise Conflict(f"run {run_id}'s mutation took effect (or may have); skipping would hide "
                        "it — retry the run instead")
+    if rec.prepared is None:
+        # Failed in prepare: it reserved nothing and declared no mutation, and `next` needs
+        # the PrepareResult it never produced. Its events are still pending for a retry.
+        raise Conflict(f"run {run_id} failed in prepare, before it reserved any event or "
+                       "declared a mutation: there is nothing to skip; retry it once the "
+                       "script is fixed (its events are still pending)")
     run = RunDraft.from_record(rec)
     now = store.clock()
     run.failure, run.finished_at = None, None

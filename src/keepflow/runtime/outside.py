@@ -149,6 +149,19 @@ def _depth(json_text: bytes) -> int:
     return max(accumulate(array("b", brackets)), default=0)
 
 
+def nesting(value: Any) -> int:
+    """How many levels of arrays and objects ``value`` nests (a scalar: 0), counted without
+    recursion (a parsed body may nest hundreds of levels)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, depth = todo.pop()
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if items is not None:
+            deepest = max(deepest, depth)
+            todo.extend((item, depth + 1) for item in items)
+    return deepest
+
+
 def clean_error(exc: ConnectorError) -> ConnectorError:
     """The same error object, its message and details made storable (in place)."""
     exc.message, _ = replace_unstorable(str(exc.message))

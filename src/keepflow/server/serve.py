@@ -116,6 +116,9 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit this: without it every answer that goes out in two
+    # writes (headers, then body) waits ~40 ms for the client's delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -203,6 +206,8 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
 
             loop.start()
             state["task"] = asyncio.create_task(loop.run(status.tick), name="scheduler")
+            if asked:  # a stop came before uvicorn listened for it
+                server["s"].should_exit = True
             log.info("started", extra={"fields": {
                 "url": url, "workflows": len(loop.scheduler.slots), "pid": os.getpid()}})
 
@@ -215,6 +220,13 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
             log.info("stopped", extra={"fields": {"unfinished_runs": left}})
 
         server: dict[str, uvicorn.Server] = {}
+        # uvicorn handles SIGINT/SIGTERM (graceful shutdown) once it serves, then re-raises
+        # the signal to the handlers it found. Until then a signal is only noted, and start()
+        # (which runs once uvicorn's own handlers are in place) stops at once: a stop asked for
+        # right after "listening on" is never lost, and a clean stop exits 0.
+        asked: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, _frame: asked.append(signum))
         app = create_app(host, loop, token=token, lifespan_hooks=(start, stop), ui=options.ui,
                          stopping=lambda: "s" in server and server["s"].should_exit)
         write_server_file(settings, url)
@@ -222,10 +234,6 @@ def serve(settings: Settings, options: ServeOptions, *, stream: TextIO = sys.std
                           + (f"; open {url}/ in a browser" if options.ui else "") + "\n")
         config = uvicorn.Config(app, log_level="warning", lifespan="on",
                                 timeout_graceful_shutdown=int(options.grace_seconds) + 5)
-        # uvicorn handles SIGINT/SIGTERM (graceful shutdown), then re-raises the signal to the
-        # handlers it found: make those no-ops so a clean stop exits 0.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: None)
         server["s"] = uvicorn.Server(config)
         server["s"].run(sockets=[sock])
         left = int(state.get("left", 0))

@@ -69,17 +69,33 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _filtered(workflow_id: str, f: EventFilter) -> Select[Any]:
+def _filtered(workflow_id: str, f: EventFilter, dialect: str) -> Select[Any]:
     q = select(events).where(events.c.workflow_id == workflow_id)
     if f.topic:
         q = q.where(events.c.topic == f.topic)
     if f.title:
-        q = q.where(events.c.title.ilike(_like(f.title), escape="\\"))
+        # SQLite's LIKE already ignores ASCII case, as its lower() does (neither folds other
+        # letters): ilike's lower(title) LIKE lower(?) finds the same events, a third slower.
+        title = events.c.title.like if dialect == "sqlite" else events.c.title.ilike
+        q = q.where(title(_like(f.title), escape="\\"))
     if f.since is not None:
         q = q.where(events.c.created_at >= f.since)
     if f.until is not None:
         q = q.where(events.c.created_at < f.until)
     return q
+
+
+def _plan_for_values(conn: Connection) -> None:
+    """PostgreSQL: plan this transaction's statements for the values they are given.
+
+    psycopg prepares a statement on its 5th use on a connection, and after 5 more PostgreSQL
+    may keep one generic plan for it, costed without the values. For the events list that
+    plan walks the whole primary key backwards, filtering every event of every workflow (a
+    title search on a topic of 100,000 events: 36 → 64 ms; the stale count: 10 → 18 ms, in
+    bench/web.py). A plan made for the values takes the workflow's and topic's index; making
+    it costs a fraction of a millisecond. ``SET LOCAL`` ends with the read transaction."""
+    if conn.dialect.name == "postgresql" and (conn.dialect.server_version_info or (0,)) >= (12,):
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
 
 
 def event_page(conn: Connection, workflow_id: str, f: EventFilter, *,
@@ -88,11 +104,13 @@ def event_page(conn: Connection, workflow_id: str, f: EventFilter, *,
     """One page of events, pending first, each group newest first, by keyset: each query walks
     an index (``ix_events_workflow_topic_status`` for one status, ``ix_events_workflow_topic_id``
     for the others) from the cursor and stops after ``limit + 1`` rows, so page 1 000 of a
-    topic with 100 000 events costs what page 1 does."""
+    topic with 100 000 events costs what page 1 does. A title search reads every event of
+    the topic that it does not match (a substring has no index)."""
     pending = EventStatus.PENDING.value
+    _plan_for_values(conn)
 
     def group(condition: ColumnElement[bool], below: int | None, n: int) -> list[EventRecord]:
-        q = _filtered(workflow_id, f).where(condition)
+        q = _filtered(workflow_id, f, conn.dialect.name).where(condition)
         if below is not None:
             q = q.where(events.c.id < below)
         q = q.order_by(events.c.id.desc()).limit(n)
@@ -119,6 +137,7 @@ def stale_counts(conn: Connection, workflow_id: str, before: datetime, cap: int
                  ) -> dict[str, int]:
     """Per topic, how many pending events were created before ``before`` — counted up to
     ``cap`` (oldest first along the ready index, so the count stops early)."""
+    _plan_for_values(conn)
     out: dict[str, int] = {}
     topics = conn.execute(select(events.c.topic).where(events.c.workflow_id == workflow_id)
                           .distinct()).scalars().all()

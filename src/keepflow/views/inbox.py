@@ -15,6 +15,7 @@ from keepflow.model import (
     RunStatus,
     SuspendReason,
     WorkflowRecord,
+    WorkflowStatus,
 )
 from keepflow.policies import PolicyBook
 from keepflow.runtime.actions import EFFECTS
@@ -90,6 +91,12 @@ def _suspended(wf: WorkflowRecord, b: BlockedRun, policies: PolicyBook
     return None
 
 
+def _standing(status: WorkflowStatus) -> str:
+    """A workflow's status as the end of a sentence ("workflow 'x' ...")."""
+    return {WorkflowStatus.NEEDS_ACTION: "waits for your answer: nothing else of it runs",
+            WorkflowStatus.PAUSED: "is paused"}.get(status, f"is {status.value}")
+
+
 def _failed(wf: WorkflowRecord, b: BlockedRun) -> dict[str, Any]:
     run = b.run
     failure = run.failure or {}
@@ -102,7 +109,7 @@ def _failed(wf: WorkflowRecord, b: BlockedRun) -> dict[str, Any]:
         "kind": "failed_run",
         "title": f"{run.handler} failed ({failure.get('class')}) on {_about(titles)}"
         if titles else f"{run.handler} failed ({failure.get('class')})",
-        "blocked": (f"workflow '{wf.name}' is {wf.status.value}"
+        "blocked": (f"workflow '{wf.name}' {_standing(wf.status)}"
                     + (f"; {len(held)} event(s) stay reserved by this run" if held else "")),
         "why": f"{failure.get('phase')}: {failure.get('message')}",
         "check": (wf.status_reason or "").split(" — what to do: ")[-1] or

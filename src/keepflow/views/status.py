@@ -78,8 +78,8 @@ def _consumer_state(facts: WorkflowFacts, name: str, topics: tuple[str, ...],
     until = f.sleep_until if f else None
     if is_asleep(until, f.sleep_watermark if f else None, newest, now):
         assert until is not None
-        return "sleeping", (f"a new event in {', '.join(topics)}, or {until.isoformat()}, "
-                            "or a manual trigger")
+        return "sleeping", (f"a new event in {', '.join(topics)}, or at "
+                            f"{until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, or a manual trigger")
     if oldest is None:
         return "idle", "an event in " + ", ".join(topics)
     return "ready", None
@@ -87,7 +87,8 @@ def _consumer_state(facts: WorkflowFacts, name: str, topics: tuple[str, ...],
 
 def _why(wf: WorkflowRecord, out: dict[str, Any], active: list[ActiveRun]) -> str:
     if wf.status is not WorkflowStatus.ACTIVE:
-        return f"{wf.status.value}: {wf.status_reason or 'nothing runs on schedule'}"
+        said = wf.status.value.replace("_", " ")
+        return f"{said}: {wf.status_reason or 'nothing runs on schedule'}"
     if active:
         a = active[0]
         return f"run {a.run_id} of {a.handler} is {a.status}; nothing else of this workflow runs"

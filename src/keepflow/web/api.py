@@ -10,6 +10,7 @@ run is then carried on by this server's scheduler loop, under the lease it holds
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -66,13 +67,44 @@ async def read_json(request: Request, limit: int) -> Any:
     def refuse(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
+    too_big: list[str] = []
+
+    def number(text: str) -> Any:
+        value = float(text)
+        if math.isfinite(value):
+            return value
+        too_big.append(text)  # 1e400 is valid JSON, but no float holds it (it would be inf)
+        return _TOO_BIG
+
     try:
-        return json.loads(b"".join(chunks).decode("utf-8"), parse_constant=refuse)
+        body = json.loads(b"".join(chunks).decode("utf-8"), parse_constant=refuse,
+                          parse_float=number)
     except UnicodeDecodeError:
         raise InvalidInput("the request body is not UTF-8 text", field="$") from None
     except (ValueError, RecursionError) as exc:
         raise InvalidInput(f"the request body is not valid JSON ({str(exc)[:120]})",
                            field="$") from None
+    if too_big:
+        in_payload = isinstance(body, dict) and _holds(body.get("payload"), _TOO_BIG)
+        raise InvalidInput(f"the request body holds the number {too_big[0][:40]}, too large "
+                           "to keep (numbers must be within ±1.8e308); send it as a string",
+                           field="payload" if in_payload else "$")
+    return body
+
+
+#: What a number too large for a float parses to, until :func:`read_json` refuses the body.
+_TOO_BIG = object()
+
+
+def _holds(value: Any, marker: object) -> bool:
+    """Whether ``marker`` is somewhere in a parsed JSON value (without recursion)."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if v is marker:
+            return True
+        todo.extend(v.values() if isinstance(v, dict) else v if isinstance(v, list) else ())
+    return False
 
 
 class CarriedByLoop:

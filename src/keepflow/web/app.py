@@ -52,6 +52,9 @@ _STATUS: dict[type[KeepflowError], int] = {
 _INBOUND = re.compile(r"^/api/workflows/[^/]+/topics/[^/]+/events$")
 #: What a browser may load before signing in.
 _OPEN_PATHS = frozenset({"/login", "/static/keepflow.css"})
+#: The largest body a page form may post (its fields are a CSRF value, a path to go back to
+#: and at most a few names): without a bound, anyone could post gigabytes to ``/login``.
+FORM_BYTES = 64 * 1024
 
 
 def _status_of(exc: KeepflowError) -> int:
@@ -60,6 +63,33 @@ def _status_of(exc: KeepflowError) -> int:
 
 def _refusal(code: str, message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+#: Every refusal's body (docs/api.md#errors), as the published schema describes it.
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error", "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"},
+        "field": {"type": "string", "description": "the field at fault, when there is one"}}}},
+}
+
+
+def _publish_error_shape(app: FastAPI) -> None:
+    """FastAPI describes its 422 answers as ``{"detail": [...]}``; keepflow answers every
+    refusal as ``{"error": {...}}`` (the ``invalid`` handler below): the schema says so."""
+    made = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = made()
+            schemas = schema.get("components", {}).get("schemas", {})
+            schemas.pop("ValidationError", None)
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = ERROR_SCHEMA
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
@@ -78,6 +108,7 @@ def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
 
     app = FastAPI(title="keepflow", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/api/openapi.json")
+    _publish_error_shape(app)
 
     def failed(request: Request, exc: KeepflowError) -> Response:
         status = _status_of(exc)
@@ -110,6 +141,15 @@ def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
         return response
 
     @app.middleware("http")
+    async def answer(request: Request,
+                     call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await checks(request, call_next)
+        # Answers hold tokens (a new inbound token), payloads and titles: no cache keeps them,
+        # and none is read as anything but its declared type. Static files set their own.
+        response.headers.setdefault("cache-control", "no-store")
+        response.headers.setdefault("x-content-type-options", "nosniff")
+        return response
+
     async def checks(request: Request,
                      call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         path = request.scope.get("path", "")
@@ -138,6 +178,11 @@ def create_app(host: Host, loop: SchedulerLoop, *, token: str | None,
             if not page and not inbound and request.headers.get(CSRF_HEADER) != "1":
                 return _refusal("csrf", f"state-changing requests need the header "
                                 f"{CSRF_HEADER}: 1 (docs/api.md#requests)", 403)
+            length = request.headers.get("content-length", "0")
+            if page and ("transfer-encoding" in request.headers or not length.isdigit()
+                         or int(length) > FORM_BYTES):
+                return _refusal("too_large", f"a form may post at most {FORM_BYTES:,} bytes, "
+                                "with a Content-Length", 413)
         try:
             return await call_next(request)
         except KeepflowError as exc:

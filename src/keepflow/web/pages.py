@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -31,6 +31,8 @@ from keepflow.scheduler.loop import SchedulerLoop
 from keepflow.web.security import FLASH_COOKIE, SESSION_COOKIE, Guard
 
 HERE = Path(__file__).parent
+#: How many live-refresh streams may be open at once.
+LIVE_STREAMS = 64
 #: Who the audit log names for what a person does in the browser.
 UI_ACTOR = "ui"
 #: Answers that may do something twice or drop something: the page asks before it acts.
@@ -59,6 +61,10 @@ ACTION_LABELS = {
 }
 
 
+#: Who settled a mutation's ledger record, in words (anything else is the person who answered).
+SETTLED_BY = {"host": "the service's own answer", "reconcile": "a reconcile lookup"}
+
+
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True),
@@ -69,6 +75,7 @@ def _environment() -> Environment:
     env.filters["ago"] = _ago
     env.filters["when"] = _when
     env.filters["clock"] = _clock
+    env.filters["settled_by"] = lambda who: SETTLED_BY.get(str(who), str(who))
     env.filters["q"] = lambda v: quote(str(v), safe="")
     env.filters["combine_after"] = lambda query, after: {**query, "after": after}
     env.globals.update(labels=ACTION_LABELS, effects=EFFECTS, explained=FAILURE_EXPLAINED,
@@ -135,7 +142,16 @@ def pages(host: Host, loop: SchedulerLoop, guard: Guard,
           stopping: Callable[[], bool]) -> APIRouter:
     env = _environment()
     env.filters["badge"] = _badge
-    ui = APIRouter(include_in_schema=False)
+
+    async def live_since(request: Request) -> None:
+        """The store's change marker before a page reads anything: its live stream starts
+        from there, so a change made while the page loads still refreshes it."""
+        if request.method == "GET" and request.url.path != "/live" \
+                and not request.url.path.startswith("/static/"):
+            request.state.live_since = host.store.change_marker()
+
+    ui = APIRouter(include_in_schema=False, dependencies=[Depends(live_since)])
+    live_streams = [0]  # open /live streams (one event loop: no lock needed)
 
     def inbox_items() -> list[dict[str, Any]]:
         service.sweep_notifications(host)
@@ -148,7 +164,8 @@ def pages(host: Host, loop: SchedulerLoop, guard: Guard,
         count = len(items) if items is not None else len(inbox_items())
         html = env.get_template(template).render(
             request=request, path=request.url.path, csrf=guard.csrf(), flash=flash,
-            inbox_count=count, login=guard.token is not None, **context)
+            inbox_count=count, login=guard.token is not None,
+            live_since=getattr(request.state, "live_since", None), **context)
         response = HTMLResponse(html, status_code=status_code, headers=_HEADERS)
         if flash is not None:
             response.delete_cookie(FLASH_COOKIE, path="/")
@@ -269,17 +286,35 @@ def pages(host: Host, loop: SchedulerLoop, guard: Guard,
                       workflow=workflow or "")
 
     @ui.get("/confirm", response_class=HTMLResponse)
-    async def confirm(request: Request, action: str, target: str, back: str = "/",
-                      about: str = "") -> HTMLResponse:
-        """Asks before a dangerous action: what it does, then one button that does it."""
-        if action not in ACTION_LABELS or not _safe_next(target, "").startswith("/ui/"):
-            raise NotFound("there is no such action to confirm")
-        effect = EFFECTS.get(action) or _EFFECTS_MORE.get(action, "")
+    async def confirm(request: Request, action: str, target: str, back: str = "/"
+                      ) -> HTMLResponse:
+        """Asks before a dangerous action: what it is about and what it does, both read from
+        the store (never from the link, which anyone could craft), then one button."""
         fields = {k[2:]: v for k, v in request.query_params.items()
                   if k.startswith("f.") and k[2:] in _FORM_FIELDS}
+        about = confirmed_about(action, target, fields)
+        effect = EFFECTS.get(action) or _EFFECTS_MORE.get(action, "")
         return render(request, "confirm.html", title=f"{ACTION_LABELS[action]}?",
                       active="", action=action, target=target, back=_safe_next(back),
-                      about=about[:300], effect=effect, fields=fields)
+                      about=about, effect=effect, fields=fields)
+
+    def confirmed_about(action: str, target: str, fields: dict[str, str]) -> str:
+        nothing = NotFound("there is no such action to confirm")
+        if action not in ACTION_LABELS:
+            raise nothing
+        parts = target.split("/")
+        if len(parts) == 5 and parts[:3] == ["", "ui", "runs"] and parts[4] == action:
+            run_id = parts[3]
+            rec = host.store.get_run(run_id)
+            item = next((i for i in inbox_items() if i.get("run") == run_id), None)
+            return str(item["title"]) if item else f"run {rec.id} of {rec.handler}"
+        if target == "/ui/events/skip" and action == "skip_event":
+            e = service.show_event(host, fields.get("workflow", ""), fields.get("topic", ""),
+                                   fields.get("message_id", ""))
+            return f"\u201c{e['title']}\u201d in {e['topic']}"
+        if len(parts) == 5 and parts[:3] == ["", "ui", "workflows"] and parts[4] == action:
+            return f"the automation '{host.store.get_workflow(unquote(parts[3])).name}'"
+        raise nothing
 
     @ui.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request, next: str = "/") -> HTMLResponse:
@@ -298,12 +333,28 @@ def pages(host: Host, loop: SchedulerLoop, guard: Guard,
         return response
 
     @ui.get("/live")
-    async def live(request: Request) -> StreamingResponse:
-        """Server-sent events: ``change`` whenever what the pages show has changed."""
+    async def live(request: Request, since: str = "") -> StreamingResponse:
+        """Server-sent events: ``change`` whenever what the pages show has changed. At most
+        :data:`LIVE_STREAMS` at once (each polls the store 4 times a second); beyond that the
+        pages simply do not refresh by themselves. ``since``: the marker the page was read at
+        (a change while it loaded refreshes it at once); a reconnect resumes from the last
+        change sent (its ``id``, which the browser sends back as ``Last-Event-ID``)."""
+        if live_streams[0] >= LIVE_STREAMS:
+            return StreamingResponse(iter(["retry: 30000\n\n"]), status_code=503,
+                                     media_type="text/event-stream")
 
         async def stream() -> AsyncIterator[str]:
+            live_streams[0] += 1
+            try:
+                async for chunk in changes():
+                    yield chunk
+            finally:
+                live_streams[0] -= 1
+
+        async def changes() -> AsyncIterator[str]:
             yield "retry: 2000\n\n"
-            last = host.store.change_marker()
+            last = (request.headers.get("last-event-id") or since)[:200] \
+                or host.store.change_marker()
             quiet = 0.0
             for _ in range(240):  # the browser reconnects after a minute; nothing piles up
                 await asyncio.sleep(0.25)
@@ -313,7 +364,7 @@ def pages(host: Host, loop: SchedulerLoop, guard: Guard,
                 quiet += 0.25
                 if marker != last:
                     last, quiet = marker, 0.0
-                    yield "event: change\ndata: {}\n\n"
+                    yield f"id: {marker}\nevent: change\ndata: {{}}\n\n"
                 elif quiet >= 15:
                     quiet = 0.0
                     yield ": still here\n\n"
@@ -331,6 +382,25 @@ def pages(host: Host, loop: SchedulerLoop, guard: Guard,
 
     # ---------------------------------------------------------------- operating
 
+    # The token routes come first: the generic verb route would take them.
+    @ui.post("/ui/workflows/{name}/inbound-token")
+    async def inbound_token(request: Request, name: str, csrf: str = Form("")) -> Response:
+        if not guard.csrf_ok(csrf):
+            raise Forbidden("this form is out of date; reload the page and try again")
+        made = service.create_inbound_token(host, name, UI_ACTOR)
+        base = f"{request.url.scheme}://{request.headers.get('host', '')}"
+        return render(request, "token.html", title="Inbound-event token", active="automations",
+                      made=made, base=base)
+
+    @ui.post("/ui/workflows/{name}/inbound-token/revoke")
+    async def revoke_inbound_token(name: str, csrf: str = Form(""), back: str = Form("/")
+                                   ) -> RedirectResponse:
+        def step() -> str:
+            wf = service.revoke_inbound_token(host, name, UI_ACTOR)
+            return f"'{wf['workflow']}' has no inbound-event token now: inbound events are refused."
+
+        return act(csrf, back, step)
+
     @ui.post("/ui/workflows/{name}/{verb}")
     async def set_status(name: str, verb: str, csrf: str = Form(""), back: str = Form("/")
                          ) -> RedirectResponse:
@@ -345,15 +415,6 @@ def pages(host: Host, loop: SchedulerLoop, guard: Guard,
             return f"'{wf.name}' is {_badge(wf.status.value)} now."
 
         return act(csrf, back, step)
-
-    @ui.post("/ui/workflows/{name}/inbound-token")
-    async def inbound_token(request: Request, name: str, csrf: str = Form("")) -> Response:
-        if not guard.csrf_ok(csrf):
-            raise Forbidden("this form is out of date; reload the page and try again")
-        made = service.create_inbound_token(host, name, UI_ACTOR)
-        base = f"{request.url.scheme}://{request.headers.get('host', '')}"
-        return render(request, "token.html", title="Inbound-event token", active="automations",
-                      made=made, base=base)
 
     @ui.post("/ui/events/skip")
     async def skip_event(workflow: str = Form(...), topic: str = Form(...),

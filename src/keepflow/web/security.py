@@ -29,13 +29,17 @@ LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 
 
 def loopback_host(header: str) -> bool:
-    """Whether a ``Host`` header names loopback (with or without a port)."""
-    host = header.strip().lower()
+    """Whether a ``Host`` header names loopback (with or without a port): exactly a loopback
+    name, then nothing or ``:`` and a port number (never ``[::1]evil``, ``localhost:x@evil``)."""
+    host, port = header.strip().lower(), ""
     if host.startswith("["):
-        host = host.split("]", 1)[0] + "]"
-    else:
-        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return host in LOOPBACK_NAMES
+        name, _, rest = host.partition("]")
+        host, port = name + "]", rest
+    elif host.count(":") == 1:
+        host, port = host.split(":")
+        port = ":" + port
+    return host in LOOPBACK_NAMES and (port == "" or (
+        port[:1] == ":" and port[1:].isascii() and port[1:].isdigit()))
 
 
 def same_origin(origin: str | None, host_header: str) -> bool:
@@ -59,12 +63,18 @@ class Guard:
         return hmac.new(self._key, f"{purpose}\0{text}".encode("utf-8", "surrogatepass"),
                         hashlib.sha256).hexdigest()
 
+    @staticmethod
+    def _same(given: str, expected: str) -> bool:
+        """Constant-time equality of a value from the request (any text: a cookie or a form
+        field may hold non-ASCII, which ``compare_digest`` refuses on ``str``) and ours."""
+        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
     def authorized(self, authorization: str, cookie: str | None) -> bool:
         if self.token is None:
             return True
-        if hmac.compare_digest(authorization.encode(), f"Bearer {self.token}".encode()):
+        if self._same(authorization, f"Bearer {self.token}"):
             return True
-        return cookie is not None and hmac.compare_digest(cookie, self.session())
+        return cookie is not None and self._same(cookie, self.session())
 
     def session(self) -> str:
         return self._mac("session")
@@ -77,7 +87,7 @@ class Guard:
         return self._mac("csrf")
 
     def csrf_ok(self, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given, self.csrf())
+        return given is not None and self._same(given, self.csrf())
 
     def seal(self, text: str) -> str:
         """A one-time message to show on the next page, signed so no one else can plant it."""
@@ -89,7 +99,7 @@ class Guard:
         if not value or value.count(".") != 2:
             return None
         stamp, body, mac = value.split(".")
-        if not hmac.compare_digest(mac, self._mac("flash", stamp + body)):
+        if not self._same(mac, self._mac("flash", stamp + body)):
             return None
         try:
             if time.time() - int(stamp) > max_age:

@@ -180,6 +180,22 @@ def test_skip_of_a_failed_run_is_refused_when_the_mutation_happened(host, tmp_pa
     assert events_of(host)[0]["reservedBy"] == failed.run_id
 
 
+def test_skip_of_a_run_that_failed_in_prepare_is_refused_and_changes_nothing(
+        host, tmp_path: Path) -> None:
+    """It reserved nothing and declared no mutation, and `next` has no PrepareResult: there
+    is nothing to skip. The run stays failed, its event pending, the answer unrecorded."""
+    deploy_source(host, tmp_path, workflow_js(producers=seed_producer(["a"]), consumers=consumer_js(
+        prepare='throw new Error("broken prepare");')))
+    service.trigger(host, "wf", "seed")
+    failed = service.trigger(host, "wf", "work")
+    assert failed.status is RunStatus.FAILED
+    with pytest.raises(Conflict, match=r"failed in prepare.*nothing to skip"):
+        service.resolve(host, failed.run_id, "skip", actor="ivy")
+    assert host.store.get_run(failed.run_id).status is RunStatus.FAILED
+    assert events_of(host)[0]["status"] == "pending"
+    assert [e["action"] for e in audit_actions(host, failed.run_id)] == []
+
+
 @pytest.fixture
 def approving_host(host: Host) -> Host:
     host.policies = PolicyBook(quick_policy().model_copy(

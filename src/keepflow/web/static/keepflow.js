@@ -8,10 +8,31 @@
   var state = document.querySelector(".live-state");
   var busy = false, again = false;
 
+  // Only a <details> the person opened counts (a click on its summary, mouse or keyboard):
+  // one the page opens itself, like a run's error, must not stop the page from refreshing.
+  document.addEventListener("click", function (e) {
+    var summary = e.target && e.target.closest ? e.target.closest("summary") : null;
+    if (summary && summary.parentElement) summary.parentElement.setAttribute("data-opened", "");
+  });
+
   function interacting() {
     var el = document.activeElement;
     if (el && /^(INPUT|SELECT|TEXTAREA)$/.test(el.tagName)) return true;
-    return document.querySelector("main details[open]") !== null;
+    return document.querySelector("main details[open][data-opened]") !== null;
+  }
+
+  // What identifies a link or button across a refresh: the fresh copy of the focused one gets
+  // the focus back (a keyboard user keeps their place; a confirmation keeps its focused "Yes").
+  function key(el) {
+    return [el.tagName, el.getAttribute("href"), el.getAttribute("name"),
+            el.form ? el.form.getAttribute("action") : "", el.textContent.trim()].join("\n");
+  }
+
+  function counterpart(el, root) {
+    if (!el || el === document.body || !el.tagName) return null;
+    var want = key(el), all = root.querySelectorAll(el.tagName);
+    for (var i = 0; i < all.length; i++) if (key(all[i]) === want) return all[i];
+    return null;
   }
 
   function refresh() {
@@ -27,9 +48,14 @@
         if (!fresh || !old || interacting()) return;
         var flash = fresh.querySelector("#flash");
         if (flash) flash.remove(); // a message is shown once, on the page it was meant for
+        var shown = old.querySelector("#flash"), main = fresh.querySelector("#main");
+        if (shown && main) main.parentNode.insertBefore(shown, main); // ... and stays there
+        var focused = old.contains(document.activeElement)
+          ? counterpart(document.activeElement, fresh) : null;
         var y = window.scrollY;
         old.replaceWith(fresh);
         window.scrollTo(0, y);
+        if (focused) focused.focus({ preventScroll: true });
       })
       .catch(function () {})
       .finally(function () {
