@@ -756,6 +756,121 @@ def notifications(show_all: bool, as_json: bool) -> None:
 
 
 @main.group()
+def connection() -> None:
+    """Connections of scripts (ctx.NAME): add, list, check, rotate a secret, remove
+    (docs/connectors.md#configuring-connections)."""
+
+
+def _read_secrets(keys: tuple[str, ...]) -> dict[str, str]:
+    """One value per ``--secret KEY``: from a hidden prompt on a terminal, else one line of
+    stdin each — never from the command line, where other users and the shell history see
+    it."""
+    values: dict[str, str] = {}
+    for key in keys:
+        if sys.stdin.isatty():
+            value = click.prompt(f"{key}", hide_input=True, err=True)
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                raise UsageError(f"no value for --secret {key} on stdin (one line per secret)")
+            value = line.rstrip("\r\n")
+        values[key] = value
+    return values
+
+
+@connection.command("add")
+@click.argument("name")
+@click.option("--type", "type_name", required=True, help="Connector type (http, sql, files, "
+              "feed, …; see docs/connectors.md).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A plain setting (repeatable); VALUE is TOML when it parses as TOML.")
+@click.option("--secret", "secret_keys", multiple=True, metavar="KEY",
+              help="A secret setting (repeatable), read from a prompt or one line of stdin; "
+                   "sealed in the store, never written to connections.toml.")
+@json_option
+def connection_add(name: str, type_name: str, sets: tuple[str, ...],
+                   secret_keys: tuple[str, ...], as_json: bool) -> None:
+    """Add connection NAME to connections.toml; its secrets are encrypted in the store."""
+    from keepflow.connectors.manage import parse_setting
+
+    settings = dict(parse_setting(s) for s in sets)
+    secrets = _read_secrets(secret_keys)
+    with _host() as host:
+        data = service.connection_add(host, name, type_name, settings, secrets, _actor())
+    _emit(data, as_json, lambda d: _say(
+        f"connection {d['connection']} ({d['type']}) added to {d['file']}"
+        + (f"; secrets sealed in the store: {', '.join(d['secrets'])}" if d["secrets"] else "")
+        + f"\ncheck it: keepflow connection check {d['connection']}"))
+
+
+@connection.command("secret")
+@click.argument("name")
+@click.argument("key")
+@json_option
+def connection_secret(name: str, key: str, as_json: bool) -> None:
+    """Replace the stored secret KEY of connection NAME (read from a prompt or stdin)."""
+    value = _read_secrets((key,))[key]
+    with _host() as host:
+        data = service.connection_secret(host, name, key, value, _actor())
+    _emit(data, as_json, lambda d: _say(f"{d['secret']} replaced; runs from now on use it"))
+
+
+@connection.command("list")
+@json_option
+def connection_list(as_json: bool) -> None:
+    """Every connection: type, settings, and where each secret comes from (never its value)."""
+    with _host() as host:
+        data = service.connection_list(host)
+
+    def human(items: list[dict[str, Any]]) -> None:
+        if not items:
+            _say("no connections configured (ctx.http is always there)")
+        for c in items:
+            _say(f"{c['name']} ({c['type']})")
+            for k, v in c["settings"].items():
+                _say(f"  {k} = {dumps_json(v, indent=None)}")
+            for sec in c["secrets"]:
+                state = "set" if sec["present"] else "MISSING"
+                _say(f"  {sec['setting']}: secret from {sec['from']} ({state})")
+
+    _emit(data, as_json, human)
+
+
+@connection.command("check")
+@click.argument("name")
+@json_option
+def connection_check(name: str, as_json: bool) -> None:
+    """Check connection NAME against its real server (credentials valid, access enough);
+    exit 1 when the check fails."""
+    with _host() as host:
+        data = service.connection_check(host, name)
+
+    def human(d: dict[str, Any]) -> None:
+        if d["ok"]:
+            _say(f"{d['connection']} ({d['type']}): ok")
+        else:
+            _say(f"{d['connection']} ({d['type']}): {d['error']['code']}: "
+                 f"{d['error']['message']}")
+
+    _emit(data, as_json, human)
+    if not data["ok"]:
+        raise SystemExit(1)
+
+
+@connection.command("remove")
+@click.argument("name")
+@json_option
+def connection_remove(name: str, as_json: bool) -> None:
+    """Remove connection NAME from connections.toml and its secrets from the store."""
+    with _host() as host:
+        data = service.connection_remove(host, name, _actor())
+    _emit(data, as_json, lambda d: _say(
+        f"connection {d['connection']} removed"
+        + (f"; secrets deleted: {', '.join(d['secretsRemoved'])}" if d["secretsRemoved"]
+           else "")))
+
+
+@main.group()
 def policy() -> None:
     """Host policies (retry, reconcile, timeouts, limits, approvals, notifications)."""
 

@@ -25,6 +25,7 @@ from keepflow.errors import (
     Conflict,
     InvalidInput,
     InvalidResult,
+    KeepflowError,
     NotFound,
     ScriptInvalid,
     TooLarge,
@@ -380,6 +381,62 @@ def policy_show(host: Host, workflow: str | None = None) -> dict[str, Any]:
     if workflow:
         workflow = host.store.get_workflow(workflow).name
     return host.policies.show(workflow)
+
+
+# ---------------------------------------------------------------- connections (SPEC §9)
+
+
+def connection_add(host: Host, name: str, type_name: str, settings: dict[str, Any],
+                   secrets: dict[str, str], actor: str = "cli") -> dict[str, Any]:
+    """A new connection in connections.toml, its secrets sealed in the store."""
+    from keepflow.connectors import manage
+
+    return manage.add(host.settings.connections_file, host.vault, name, type_name, settings,
+                      secrets, actor)
+
+
+def connection_secret(host: Host, name: str, key: str, value: str, actor: str = "cli"
+                      ) -> dict[str, Any]:
+    """Replace (rotate) one stored secret of a connection."""
+    from keepflow.connectors import manage
+
+    done = manage.set_secret(host.settings.connections_file, host.vault, name, key, value,
+                             actor)
+    done["retried"] = reconnected(host, name, actor)
+    return done
+
+
+def reconnected(host: Host, connection: str, actor: str = "cli") -> list[str]:
+    """Retry every run that failed because ``connection``'s credentials were refused (its
+    inbox item asked to reconnect it): the ones that could be retried now."""
+    retried = []
+    for item in inbox(host):
+        if item["kind"] == "reconnect" and item.get("connection") == connection:
+            try:
+                retry_run(host, item["run"], actor)
+            except KeepflowError:  # another run of the workflow holds it: it waits its turn
+                continue
+            retried.append(item["run"])
+    return retried
+
+
+def connection_list(host: Host) -> list[dict[str, Any]]:
+    from keepflow.connectors import manage
+
+    return manage.listing(host.settings.connections_file, host.vault)
+
+
+def connection_check(host: Host, name: str) -> dict[str, Any]:
+    """The connector's own check against the real server: credentials valid, access enough."""
+    from keepflow.connectors import manage
+
+    return manage.check(host.connections, name)
+
+
+def connection_remove(host: Host, name: str, actor: str = "cli") -> dict[str, Any]:
+    from keepflow.connectors import manage
+
+    return manage.remove(host.settings.connections_file, host.vault, name, actor)
 
 
 def _event_status(status: str | None) -> EventStatus | None:

@@ -49,7 +49,8 @@ class HostileConnector(Connector):
     type_name: ClassVar[str] = "hostile"
     tools: ClassVar[Mapping[str, ToolSpec]] = {
         "fetch": ToolSpec("fetch", ToolKind.READ, "hostile.read", RiskTier.LOW, "a read"),
-        "store": ToolSpec("store", ToolKind.MUTATE, "hostile.write", RiskTier.LOW, "a write"),
+        "store": ToolSpec("store", ToolKind.MUTATE, "hostile.write", RiskTier.LOW, "a write",
+                          reconcile_strategy="none: a test connector"),
     }
     applied: ClassVar[list[str | None]] = []
 

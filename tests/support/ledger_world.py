@@ -44,7 +44,8 @@ class Scripted(Connector):
 
     type_name = "scripted"
     tools = {"post": ToolSpec("post", ToolKind.MUTATE, "http.write", RiskTier.MEDIUM,
-                              "post something", reconcile=True)}
+                              "post something", reconcile=True,
+                              reconcile_strategy="the scripted answers")}
 
     def __init__(self, does: Any = None, answers: list[Any] | None = None, *,
                  reconcilable: bool = True) -> None:

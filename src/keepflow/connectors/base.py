@@ -52,6 +52,13 @@ class ToolSpec:
     reconcile_param: str | None = None
     #: Where the docs explain how this tool's outcome is verified (shown in deploy warnings).
     reconcile_doc: str = "docs/execution-model.md#the-ledger-procedure"
+    #: The call's parameters in one line, as a script writes them (docs and the Planner).
+    params: str = ""
+    #: What the call returns, in one line (docs and the Planner).
+    result: str = ""
+    #: For a mutation: how its outcome is verified after an uncertain call — or, when it
+    #: cannot be, ``"none: <why>"``. The registry refuses a mutation that says neither.
+    reconcile_strategy: str = ""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import os
 import re
 import threading
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +42,33 @@ CONNECTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 #: ``ctx`` methods a connection may not shadow (SPEC §4–5).
 RESERVED_NAMES = frozenset({"publish", "peek", "getByIds", "log"})
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_CREDENTIAL = re.compile(r"[a-z][a-z0-9_]{0,31}(\.[A-Za-z0-9_-]{1,64}){1,2}\Z")
+#: Setting keys whose value names where a secret is: the environment, or the store.
+_SECRET_SUFFIXES = ("_env", "_secret")
 
 log = logging.getLogger("keepflow.connections")
 
 DEFAULT_CONNECTIONS = (ConnectionConfig(name="http", type="http", settings={}),)
 
 
-def load_connections(path: Path | str, *, environ: Mapping[str, str] | None = None) -> Connections:
+#: Opens a stored credential by name (``keepflow.credentials.vault.Vault.get``): its value, or
+#: None when there is none.
+Stored = Callable[[str], "str | None"]
+
+
+def _none_stored(name: str) -> str | None:
+    return None
+
+
+def load_connections(path: Path | str, *, environ: Mapping[str, str] | None = None,
+                     stored: Stored = _none_stored) -> Connections:
     """Read ``path`` (if it exists) and return the validated connections."""
-    return Connections(load_connection_configs(path, environ=environ))
+    return Connections(load_connection_configs(path, environ=environ, stored=stored))
 
 
 def load_connection_configs(
-    path: Path | str, *, environ: Mapping[str, str] | None = None
+    path: Path | str, *, environ: Mapping[str, str] | None = None,
+    stored: Stored = _none_stored,
 ) -> list[ConnectionConfig]:
     path = Path(path)
     if not path.exists():
@@ -70,12 +84,12 @@ def load_connection_configs(
                           file=source) from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot be read: {exc.strerror}", file=source) from None
-    return parse_connections(doc, source=source, environ=environ)
+    return parse_connections(doc, source=source, environ=environ, stored=stored)
 
 
 def parse_connections(
     doc: Mapping[str, Any], *, source: str = "connections.toml",
-    environ: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None, stored: Stored = _none_stored,
 ) -> list[ConnectionConfig]:
     """Validate a parsed document; ``source`` is only used in error messages."""
     env = os.environ if environ is None else environ
@@ -87,11 +101,12 @@ def parse_connections(
         raise _error(source, None, "connections", "must be a table of [connections.<name>]")
     configs = {c.name: c for c in DEFAULT_CONNECTIONS}
     for name, entry in section.items():
-        configs[name] = _parse_one(source, name, entry, env)
+        configs[name] = _parse_one(source, name, entry, env, stored)
     return list(configs.values())
 
 
-def _parse_one(source: str, name: str, entry: Any, env: Mapping[str, str]) -> ConnectionConfig:
+def _parse_one(source: str, name: str, entry: Any, env: Mapping[str, str], stored: Stored
+               ) -> ConnectionConfig:
     if not CONNECTION_NAME.match(name):
         raise _error(source, name, None, "connection names must match [a-z][a-z0-9_]{0,31}")
     if name in RESERVED_NAMES:
@@ -110,13 +125,15 @@ def _parse_one(source: str, name: str, entry: Any, env: Mapping[str, str]) -> Co
     for key, value in entry.items():
         if key == "type":
             continue
-        if key.endswith("_env") and len(key) > 4:
+        if any(key.endswith(s) and len(key) > len(s) for s in _SECRET_SUFFIXES):
             env_keys.append(key)
         else:
             settings[key] = value
     for key in env_keys:
-        target = key[: -len("_env")]
-        resolved = _resolve_env(source, name, key, entry[key], env)
+        suffix = "_env" if key.endswith("_env") else "_secret"
+        target = key[: -len(suffix)]
+        resolved = (_resolve_env(source, name, key, entry[key], env) if suffix == "_env"
+                    else _resolve_stored(source, name, key, entry[key], stored))
         if isinstance(resolved, dict):
             plain = settings.get(target, {})
             if not isinstance(plain, Mapping):
@@ -132,7 +149,10 @@ def _parse_one(source: str, name: str, entry: Any, env: Mapping[str, str]) -> Co
     try:
         cls.validate_settings(settings)
     except ConfigError as exc:
-        raise _error(source, name, exc.details.get("key"), exc.message) from None
+        key = exc.details.get("key")
+        if exc.details.get("secret_setting"):  # about the secret: name the key that set it
+            key = next((k for k in env_keys if k.rsplit("_", 1)[0] == key), key)
+        raise _error(source, name, key, exc.message) from None
     return ConnectionConfig(name=name, type=type_name, settings=settings)
 
 
@@ -151,6 +171,28 @@ def _resolve_env(
             raise _error(source, name, where, f"environment variable {var} is not valid UTF-8 "
                          "text (or holds a NUL character)", variable=var)
         return Secret(secret, var)
+
+    if isinstance(value, Mapping):
+        return {str(k): one(v, f"{key}.{k}") for k, v in value.items()}
+    return one(value, key)
+
+
+def _resolve_stored(source: str, name: str, key: str, value: Any, stored: Stored
+                    ) -> Secret | dict[str, Secret]:
+    """``<setting>_secret = "<credential>"``: a secret ``keepflow connection add`` sealed in
+    the store (docs/connectors.md#configuring-connections)."""
+    def one(credential: Any, where: str) -> Secret:
+        if not isinstance(credential, str) or not _CREDENTIAL.match(credential):
+            raise _error(source, name, where, "must name a stored credential (connection.setting)")
+        try:
+            secret = stored(credential)
+        except ConfigError as exc:
+            raise _error(source, name, where, exc.message) from None
+        if not secret:
+            raise _error(source, name, where, f"no credential {credential} is stored: run "
+                         f"`keepflow connection secret {name} {where.removesuffix('_secret')}`",
+                         credential=credential)
+        return Secret(secret, f"stored:{credential}")
 
     if isinstance(value, Mapping):
         return {str(k): one(v, f"{key}.{k}") for k, v in value.items()}
@@ -262,21 +304,26 @@ class ConnectionsFile:
     the first read has nothing to fall back on and raises the :class:`ConfigError`.
     """
 
-    def __init__(self, path: Path | str, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, path: Path | str, *, environ: Mapping[str, str] | None = None,
+                 stored: Stored = _none_stored,
+                 generation: Callable[[], str] = lambda: "") -> None:
         self.path = Path(path)
         self._environ = environ
+        self._stored = stored
+        #: Changes when a stored credential does (a rotated secret reloads the connections).
+        self._generation = generation
         self._lock = threading.Lock()
         self._current: Connections | None = None
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[Any, ...] | None = None
         self._retired: list[Connections] = []
         self.problem: ConfigError | None = None
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
+    def _file_stamp(self) -> tuple[Any, ...] | None:
         try:
             st = self.path.stat()
         except OSError:
             return None  # no file: only the default connection
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return (st.st_mtime_ns, st.st_size, st.st_ino, self._generation())
 
     def current(self) -> Connections:
         with self._lock:
@@ -284,7 +331,8 @@ class ConnectionsFile:
             if self._current is not None and stamp == self._stamp:
                 return self._current
             try:
-                fresh = load_connections(self.path, environ=self._environ)
+                fresh = load_connections(self.path, environ=self._environ,
+                                         stored=self._stored)
             except ConfigError as exc:
                 if self._current is None:
                     raise

@@ -86,14 +86,22 @@ _httpx_log = logging.getLogger("httpx")
 log = logging.getLogger("keepflow.connectors.http")
 
 
+_RESULT = "{status, headers, json} for a JSON answer, else {status, headers, text}"
+
+
 def _read(name: str, description: str) -> ToolSpec:
-    return ToolSpec(name, ToolKind.READ, "http.read", RiskTier.LOW, description, ("host",))
+    return ToolSpec(name, ToolKind.READ, "http.read", RiskTier.LOW, description, ("host",),
+                    params="{url, headers?, query?, timeout?}", result=_RESULT)
 
 
 def _write(name: str, description: str) -> ToolSpec:
     return ToolSpec(name, ToolKind.MUTATE, "http.write", RiskTier.MEDIUM, description,
                     ("host",), reconcile=True, reconcile_param="reconcile",
-                    reconcile_doc="docs/connectors.md#http-reconcile")
+                    reconcile_doc="docs/connectors.md#http-reconcile",
+                    params="{url, json? | body?, headers?, query?, timeout?, reconcile?: {url, "
+                           "method?}}", result=_RESULT,
+                    reconcile_strategy="only with params.reconcile: GET the URL naming the "
+                                       "idempotency key; 2xx = applied, 404 = not applied")
 
 
 @dataclass(frozen=True)
@@ -238,6 +246,50 @@ class HttpConnector(Connector):
         if self._log_filter is not None:
             for logger in HTTP_LOGGERS:
                 logging.getLogger(logger).removeFilter(self._log_filter)
+
+    # -- for connectors built on HTTP (feed): this connection's egress, redirects, deadline,
+    # -- body bounds and redaction, without a second HTTP stack ------------------------------
+
+    def resolve(self, raw: Any, field: str) -> httpx.URL:
+        """``raw`` as an absolute URL this connection may be asked for (PermanentError)."""
+        return self._resolve(raw, field)
+
+    def display(self, url: httpx.URL) -> str:
+        """``url`` for messages (no query, secrets masked)."""
+        return self._display(url)
+
+    @property
+    def redactor(self) -> Redactor:
+        """Masks this connection's secrets in whatever a server sends back."""
+        return self._redact
+
+    def fetch(self, url: httpx.URL, headers: Mapping[str, str], timeout: float
+              ) -> tuple[httpx.Response, bytes, bool]:
+        """GET ``url`` as a read: ``headers`` under the configured ones (which win), redirects
+        followed and checked, everything ended by ``timeout``. Returns the (closed) response,
+        its body as far as it was read, and whether the body was cut."""
+        configured = {name.lower() for name in self._headers}
+        sent = {k: v for k, v in headers.items() if k.lower() not in configured}
+        sent.update(self._headers)
+        what = f"GET {self._display(url)}"
+        try:
+            request = self._client.build_request(
+                "GET", url, headers=sent,
+                timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)))
+        except (ValueError, TypeError, UnicodeError, httpx.InvalidURL) as exc:
+            raise PermanentError(f"{what}: the request could not be built "
+                                 f"({type(exc).__name__}); nothing was sent",
+                                 sent=False) from None
+        with deadline_in(timeout):
+            response = self._send(request, sent, what, mutate=False, deadline=timeout)
+            try:
+                body, cut = read_body(response)
+            except Exception as exc:  # a bug, never the server's say: the status decides
+                log.warning("the body of %s could not be read (%s)", what, type(exc).__name__)
+                body, cut = b"", True
+            finally:
+                response.close()
+        return response, body, cut
 
     # -- internals ---------------------------------------------------------------------------
 

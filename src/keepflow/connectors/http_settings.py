@@ -1,7 +1,7 @@
 """Settings of the ``http`` connector and the guards around its credentials (SPEC §9).
 
-Credentials are only ever configured through the environment (``headers_env``), are sent only
-to the ``base_url`` origin, and are masked wherever httpx or httpcore would log them.
+Credentials are only ever configured as secrets (``headers_env`` / ``headers_secret``), are
+sent only to the ``base_url`` origin, and are masked wherever httpx or httpcore would log them.
 ``allow`` lists the exact origins a connection may reach besides public addresses' default
 (docs/security.md#network-egress); it is validated here, strictly, when the file is loaded.
 """
@@ -65,15 +65,17 @@ def check_settings(settings: Mapping[str, Any]) -> None:
             raise ConfigError(f"the value of '{name}' must be a string", key="headers")
         if lower in CREDENTIAL_HEADERS:
             raise ConfigError(
-                f"'{name}' holds a credential: set it with headers_env = "
-                f"{{ {name} = \"ENV_VAR\" }} instead of a literal", key="headers")
+                f"'{name}' holds a credential: store it with `keepflow connection add … "
+                f"--secret headers.{name}` (or name an environment variable: headers_env = "
+                f"{{ {name} = \"ENV_VAR\" }}) instead of a literal", key="headers")
     secret_headers = [str(n) for n, v in headers.items() if isinstance(v, Secret)]
     if secret_headers and base is None and settings.get("allow") is None:
         # Without a destination of their own, credentials would go wherever a script points.
         raise ConfigError(
             f"'{secret_headers[0]}' holds a credential, and credentials are sent only to the "
             "connection's base_url or the origins in its allow list: set base_url (or "
-            "allow = [\"https://…\"]); see docs/security.md#network-egress", key="headers_env")
+            "allow = [\"https://…\"]); see docs/security.md#network-egress", key="headers",
+            secret_setting=True)
     verify = settings.get("verify", True)
     if not isinstance(verify, (bool, str)):
         raise ConfigError("must be true, false or a CA bundle path", key="verify")

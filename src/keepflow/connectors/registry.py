@@ -29,7 +29,8 @@ from keepflow.errors import ConfigError
 ENTRY_POINT_GROUP = "keepflow.connectors"
 
 #: Modules of the built-in connectors; each calls :func:`register_connector` when imported.
-BUILTIN_MODULES = ("keepflow.connectors.http", "keepflow.connectors.sql")
+BUILTIN_MODULES = ("keepflow.connectors.http", "keepflow.connectors.sql",
+                   "keepflow.connectors.files", "keepflow.connectors.feed")
 
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 # Tool names become JS property names (``ctx.<conn>.<tool>``), so they must be identifiers.
@@ -170,6 +171,12 @@ def _check_class(cls: type[Connector]) -> None:
             raise TypeError(f"{_qualname(cls)}.tools['{key}'] declares no capability")
         if spec.reconcile and spec.kind is not ToolKind.MUTATE:
             raise TypeError(f"{_qualname(cls)}.tools['{key}']: only mutations reconcile")
+        if spec.kind is ToolKind.MUTATE and not (
+                spec.reconcile_strategy.startswith("none: ") if not spec.reconcile
+                else spec.reconcile_strategy and not spec.reconcile_strategy.startswith("none")):
+            raise TypeError(
+                f"{_qualname(cls)}.tools['{key}']: a mutation states its reconcile_strategy "
+                "(how its outcome is verified), or \"none: <why>\" when reconcile=False")
 
 
 def _qualname(cls: type) -> str:

@@ -27,7 +27,8 @@ MASK = "***"
 
 
 class Secret:
-    """A secret string read from the environment variable ``source``."""
+    """A secret string from the environment variable ``source``, or from the store's
+    credential ``source`` = ``stored:<name>`` (keepflow.credentials)."""
 
     __slots__ = ("_source", "_value")
 
@@ -41,11 +42,12 @@ class Secret:
 
     @property
     def source(self) -> str:
-        """The environment variable the value came from (not secret)."""
+        """The environment variable (or ``stored:<credential>``) it came from (not secret)."""
         return self._source
 
     def __repr__(self) -> str:
-        return f"Secret(${self._source})"
+        stored = self._source.startswith("stored:")
+        return f"Secret({self._source})" if stored else f"Secret(${self._source})"
 
     def __str__(self) -> str:
         return MASK

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from keepflow.clock import Clock, SystemClock
 from keepflow.connectors.config import Connections, ConnectionsFile
+from keepflow.credentials.vault import Vault
 from keepflow.errors import Conflict
 from keepflow.ids import new_id
 from keepflow.model import Fence, WorkflowRecord
@@ -58,8 +60,12 @@ class Host:
         # Given connections are fixed; otherwise connections.toml is read on first use (so
         # looking at state works while the file is broken) and re-read when it changes.
         self._fixed_connections = connections
-        self.connections_file = (ConnectionsFile(self.settings.connections_file)
+        self.vault = Vault(self.store, self.settings.home)
+        self.connections_file = (ConnectionsFile(self.settings.connections_file,
+                                                 stored=self.vault.get,
+                                                 generation=self._credentials_generation)
                                  if connections is None else None)
+        self._generation: tuple[float, str] = (0.0, "")
         self._policies = policies  # policy.toml is read on first use, like the connections
         self._pool = pool
         self._owns_pool = pool is None
@@ -67,6 +73,16 @@ class Host:
         self.repair_hook: RepairHook = no_repair
         self.handoff: Handoff = handoff or NoHandoff()
         self.executor = Executor(self)
+
+    def _credentials_generation(self) -> str:
+        """The store's credentials marker, read at most once a second: a rotated secret
+        reaches new runs within a second, and a run does not pay a query for it."""
+        at, marker = self._generation
+        now = time.monotonic()
+        if now - at >= 1.0:
+            marker = self.vault.marker()
+            self._generation = (now, marker)
+        return marker
 
     @property
     def pool(self) -> SandboxPool:

@@ -74,6 +74,8 @@ def call(connector: Connector, tool_call: ToolCall, max_bytes: int | None = None
         result = connector.call(tool_call)
     except ConnectorError as exc:
         clean_error(exc)
+        # Which connection failed: the inbox names it (an auth failure asks to reconnect it).
+        exc.details.setdefault("connection", connector.name)
         raise
     return _capped(received(result), max_bytes)
 

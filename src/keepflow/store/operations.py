@@ -13,6 +13,7 @@ from keepflow.model import (
     WorkflowRecord,
     WorkflowStatus,
 )
+from keepflow.store import credential_records as creds
 from keepflow.store import events as ev
 from keepflow.store import workflows as wf
 from keepflow.store.session import StoreBase
@@ -101,6 +102,38 @@ class PeopleOperations(StoreBase):
                 wf.charge_storage_txn(conn, workflow_id, draft.size, quota)
                 wf.touch_txn(conn, workflow_id, now)
             return report
+
+    # -- connection secrets (sealed by keepflow.credentials; the audit never holds them) --
+
+    def put_credential(self, name: str, ciphertext: str, actor: str) -> None:
+        now = self.clock()
+        with self.write() as conn:
+            had = creds.put_txn(conn, name, ciphertext, actor, now)
+            wf.audit_txn(conn, actor=actor, action="credential.set", target_type="credential",
+                         target_id=name, before={"secret": "set" if had else "none"},
+                         after={"secret": "set"}, now=now)
+
+    def credential_ciphertext(self, name: str) -> str | None:
+        with self.read() as conn:
+            return creds.ciphertext(conn, name)
+
+    def delete_credentials(self, names: list[str], actor: str) -> list[str]:
+        now = self.clock()
+        with self.write() as conn:
+            gone = creds.delete_txn(conn, names)
+            for name in gone:
+                wf.audit_txn(conn, actor=actor, action="credential.removed",
+                             target_type="credential", target_id=name,
+                             before={"secret": "set"}, after={"secret": "none"}, now=now)
+            return gone
+
+    def credential_list(self, prefix: str = "") -> list[dict[str, Any]]:
+        with self.read() as conn:
+            return creds.listing(conn, prefix)
+
+    def credentials_marker(self) -> str:
+        with self.read() as conn:
+            return creds.marker(conn)
 
     def audit(self, *, actor: str, action: str, target_type: str, target_id: str,
               before: Any = None, after: Any = None, detail: str | None = None) -> None:

@@ -294,6 +294,18 @@ inbound_tokens = Table(
     Column("created_by", String(64), nullable=False),
 )
 
+#: Connection secrets (docs/security.md#secrets): Fernet tokens under the home's key, each
+#: sealing its own name with its value, so a row copied under another name does not open.
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("ciphertext", Text, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+    Column("updated_by", String(64), nullable=False),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,

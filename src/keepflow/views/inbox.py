@@ -97,9 +97,34 @@ def _standing(status: WorkflowStatus) -> str:
             WorkflowStatus.PAUSED: "is paused"}.get(status, f"is {status.value}")
 
 
+def _reconnect(wf: WorkflowRecord, b: BlockedRun, connection: str) -> dict[str, Any]:
+    """An auth failure: the credentials of ``connection`` were refused. Replacing its secret
+    retries the run by itself (docs/connectors.md#configuring-connections)."""
+    run, failure = b.run, b.run.failure or {}
+    return {
+        "kind": "reconnect", "connection": connection,
+        "title": f"Reconnect {connection}: its credentials were refused"
+                 + (f" ({run.handler} on {_about(b.titles)})" if b.titles else
+                    f" ({run.handler})"),
+        "blocked": f"workflow '{wf.name}' {_standing(wf.status)}",
+        "why": f"{failure.get('phase')}: {failure.get('message')}",
+        "check": f"that the secret of connection '{connection}' is current and has the access "
+                 f"the script needs (`keepflow connection check {connection}`)",
+        "choices": [
+            {"answer": "reconnect",
+             "command": f"keepflow connection secret {connection} <setting>",
+             "effect": "stores the new secret; this run is then retried by itself"},
+            _choice("retry", f"keepflow retry {run.id}"),
+        ],
+    }
+
+
 def _failed(wf: WorkflowRecord, b: BlockedRun) -> dict[str, Any]:
     run = b.run
     failure = run.failure or {}
+    connection = (failure.get("details") or {}).get("connection")
+    if failure.get("class") == "auth" and isinstance(connection, str):
+        return _reconnect(wf, b, connection)
     titles = b.titles
     held = titles if b.holds_events else []
     choices = [_choice("retry", f"keepflow retry {run.id}")]

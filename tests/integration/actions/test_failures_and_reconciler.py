@@ -55,9 +55,15 @@ def test_connector_failures_are_classified_and_routed(host, tmp_path: Path, sink
     assert wf["status"] == "needs_action"
     assert todo in wf["statusReason"]
     [item] = service.inbox(host)
+    assert '"Item a"' in item["title"]
+    if cls == "auth":  # refused credentials: reconnect the connection, then it retries
+        assert (item["kind"], item["connection"]) == ("reconnect", "api")
+        assert item["title"].startswith("Reconnect api: its credentials were refused")
+        assert item["choices"][0]["command"] == "keepflow connection secret api <setting>"
+        assert item["choices"][1]["command"] == f"keepflow retry {out.run_id}"
+        return
     assert item["kind"] == "failed_run"
     assert f"({cls})" in item["title"]
-    assert '"Item a"' in item["title"]
     assert todo in item["check"]
     assert item["choices"][0]["command"] == f"keepflow retry {out.run_id}"
     assert service.drain(host).runs == []  # needs action: nothing runs on its own

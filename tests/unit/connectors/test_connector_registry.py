@@ -72,6 +72,13 @@ def test_register_is_idempotent_and_refuses_a_second_class_for_a_name() -> None:
         ({"tools": {"x": ToolSpec("x", ToolKind.READ, "", RiskTier.LOW, "")}}, "capability"),
         ({"tools": {"x": ToolSpec("x", ToolKind.READ, "c", RiskTier.LOW, "", reconcile=True)}},
          "only mutations"),
+        # A mutation says how its outcome is verified, or why it cannot be (SPEC §9).
+        ({"tools": {"x": ToolSpec("x", ToolKind.MUTATE, "c", RiskTier.LOW, "")}},
+         "reconcile_strategy"),
+        ({"tools": {"x": ToolSpec("x", ToolKind.MUTATE, "c", RiskTier.LOW, "",
+                                  reconcile_strategy="look it up")}}, "reconcile_strategy"),
+        ({"tools": {"x": ToolSpec("x", ToolKind.MUTATE, "c", RiskTier.LOW, "", reconcile=True,
+                                  reconcile_strategy="none: cannot")}}, "reconcile_strategy"),
     ],
 )
 def test_malformed_declarations_are_refused(attrs: dict[str, Any], fragment: str) -> None:

@@ -62,9 +62,13 @@ DEFAULT_MAX_ROWS = 1000
 _SETTINGS = frozenset({"url", "tables", "schema", "max_rows", "max_bytes"})
 
 
-def _write(name: str, description: str) -> ToolSpec:
+def _write(name: str, description: str, params: str) -> ToolSpec:
     return ToolSpec(name, ToolKind.MUTATE, "sql.write", RiskTier.MEDIUM, description,
-                    ("table",), reconcile=True)
+                    ("table",), reconcile=True,
+                    reconcile_doc="docs/connectors.md#sql-reconcile-strategies",
+                    params=params, result="{rowCount, row}",
+                    reconcile_strategy="look the row up by its unique key in a read "
+                                       "transaction and compare it with the values written")
 
 
 class SqlConnector(Connector):
@@ -73,13 +77,19 @@ class SqlConnector(Connector):
     type_name: ClassVar[str] = "sql"
     tools: ClassVar[Mapping[str, ToolSpec]] = {
         "query": ToolSpec("query", ToolKind.READ, "sql.read", RiskTier.LOW,
-                          "Run one read-only SELECT with bound :name parameters", ("table",)),
+                          "Run one read-only SELECT with bound :name parameters", ("table",),
+                          params="{sql, params?}",
+                          result="{rows, rowCount, truncated?}"),
         "get": ToolSpec("get", ToolKind.READ_BY_ID, "sql.read", RiskTier.LOW,
-                        "Fetch one row by a unique key", ("table",)),
-        "insert": _write("insert", "Insert one row identified by a unique key"),
-        "update": _write("update", "Update the row with a unique key"),
-        "upsert": _write("upsert", "Insert or update the row with a unique key"),
-        "delete": _write("delete", "Delete the row with a unique key"),
+                        "Fetch one row by a unique key", ("table",),
+                        params="{table, key}", result="{row} (null when there is none)"),
+        "insert": _write("insert", "Insert one row identified by a unique key",
+                         "{table, values, key}"),
+        "update": _write("update", "Update the row with a unique key",
+                         "{table, key, values}"),
+        "upsert": _write("upsert", "Insert or update the row with a unique key",
+                         "{table, values, key}"),
+        "delete": _write("delete", "Delete the row with a unique key", "{table, key}"),
     }
 
     def __init__(self, config: ConnectionConfig) -> None:
