@@ -391,8 +391,10 @@ def connection_add(host: Host, name: str, type_name: str, settings: dict[str, An
     """A new connection in connections.toml, its secrets sealed in the store."""
     from keepflow.connectors import manage
 
-    return manage.add(host.settings.connections_file, host.vault, name, type_name, settings,
+    done = manage.add(host.settings.connections_file, host.vault, name, type_name, settings,
                       secrets, actor)
+    host.credentials_changed()
+    return done
 
 
 def connection_secret(host: Host, name: str, key: str, value: str, actor: str = "cli"
@@ -402,6 +404,7 @@ def connection_secret(host: Host, name: str, key: str, value: str, actor: str = 
 
     done = manage.set_secret(host.settings.connections_file, host.vault, name, key, value,
                              actor)
+    host.credentials_changed()
     done["retried"] = reconnected(host, name, actor)
     return done
 

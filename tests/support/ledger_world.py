@@ -20,6 +20,7 @@ from keepflow.connectors.base import (
     ToolSpec,
 )
 from keepflow.connectors.config import Connections
+from keepflow.connectors.limits import Throttle
 from keepflow.model import (
     EventClaim,
     EventDraft,
@@ -97,6 +98,10 @@ class OneConnection(Connections):
     def get(self, name: str) -> Connector:
         assert name == self.connector.name
         return self.connector
+
+    def throttle(self, name: str) -> Throttle:
+        assert name == self.connector.name
+        return self._throttles.get(name, self.connector.default_limits)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from keepflow.connectors.limits import CallLimits
 from keepflow.errors import UsageError
 
 
@@ -93,6 +94,9 @@ class ConnectionConfig:
     name: str
     type: str
     settings: Mapping[str, Any] = field(default_factory=dict)
+    #: The host's limits on calls to it (docs/connectors.md#call-limits); ``None``: the
+    #: connector type's ``default_limits``.
+    limits: CallLimits | None = None
 
 
 class Connector(ABC):
@@ -104,6 +108,9 @@ class Connector(ABC):
 
     type_name: ClassVar[str]
     tools: ClassVar[Mapping[str, ToolSpec]]
+    #: Limits the host keeps to when ``connections.toml`` sets none (the service's published
+    #: limits, docs/connectors.md#call-limits).
+    default_limits: ClassVar[CallLimits] = CallLimits()
 
     def __init__(self, config: ConnectionConfig) -> None:
         self.config = config

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from keepflow.connectors.base import ConnectionConfig, Connector, ToolKind, ToolSpec
+from keepflow.connectors.limits import LIMIT_KEYS, Throttle, Throttles, parse_limits
 from keepflow.connectors.registry import get_connector_class
 from keepflow.connectors.secret import Secret
 from keepflow.errors import ConfigError, UsageError
@@ -61,9 +62,11 @@ def _none_stored(name: str) -> str | None:
 
 
 def load_connections(path: Path | str, *, environ: Mapping[str, str] | None = None,
-                     stored: Stored = _none_stored) -> Connections:
+                     stored: Stored = _none_stored, throttles: Throttles | None = None
+                     ) -> Connections:
     """Read ``path`` (if it exists) and return the validated connections."""
-    return Connections(load_connection_configs(path, environ=environ, stored=stored))
+    return Connections(load_connection_configs(path, environ=environ, stored=stored),
+                       throttles=throttles)
 
 
 def load_connection_configs(
@@ -122,8 +125,12 @@ def _parse_one(source: str, name: str, entry: Any, env: Mapping[str, str], store
         raise _error(source, name, "type", exc.message) from None
     settings: dict[str, Any] = {}
     env_keys: list[str] = []
+    try:
+        limits = parse_limits(entry, cls.default_limits)
+    except ConfigError as exc:
+        raise _error(source, name, exc.details.get("key"), exc.message) from None
     for key, value in entry.items():
-        if key == "type":
+        if key == "type" or key in LIMIT_KEYS:
             continue
         if any(key.endswith(s) and len(key) > len(s) for s in _SECRET_SUFFIXES):
             env_keys.append(key)
@@ -153,7 +160,7 @@ def _parse_one(source: str, name: str, entry: Any, env: Mapping[str, str], store
         if exc.details.get("secret_setting"):  # about the secret: name the key that set it
             key = next((k for k in env_keys if k.rsplit("_", 1)[0] == key), key)
         raise _error(source, name, key, exc.message) from None
-    return ConnectionConfig(name=name, type=type_name, settings=settings)
+    return ConnectionConfig(name=name, type=type_name, settings=settings, limits=limits)
 
 
 def _resolve_env(
@@ -216,7 +223,9 @@ class Connections:
     Thread-safe: workers of different workflows share one instance.
     """
 
-    def __init__(self, configs: Iterable[ConnectionConfig] = DEFAULT_CONNECTIONS) -> None:
+    def __init__(self, configs: Iterable[ConnectionConfig] = DEFAULT_CONNECTIONS, *,
+                 throttles: Throttles | None = None) -> None:
+        self._throttles = throttles or Throttles()
         self._configs: dict[str, ConnectionConfig] = {}
         self._classes: dict[str, type[Connector]] = {}
         for config in configs:
@@ -244,6 +253,12 @@ class Connections:
                 connector = self._classes[name](self._configs[name])
                 self._instances[name] = connector
             return connector
+
+    def throttle(self, name: str) -> Throttle:
+        """The host's limits on calls to connection ``name`` (docs/connectors.md#call-limits)."""
+        config = self.config(name)
+        limits = config.limits or self._classes[name].default_limits
+        return self._throttles.get(name, limits)
 
     def tool_kinds(self) -> dict[str, dict[str, ToolKind]]:
         """connection -> tool -> kind, without instantiating anything (static analysis, the
@@ -316,6 +331,8 @@ class ConnectionsFile:
         self._current: Connections | None = None
         self._stamp: tuple[Any, ...] | None = None
         self._retired: list[Connections] = []
+        #: Limits' state outlives a reload: a service's Retry-After still holds afterwards.
+        self._throttles = Throttles()
         self.problem: ConfigError | None = None
 
     def _file_stamp(self) -> tuple[Any, ...] | None:
@@ -332,7 +349,7 @@ class ConnectionsFile:
                 return self._current
             try:
                 fresh = load_connections(self.path, environ=self._environ,
-                                         stored=self._stored)
+                                         stored=self._stored, throttles=self._throttles)
             except ConfigError as exc:
                 if self._current is None:
                     raise

@@ -215,12 +215,13 @@ class Bridge:
         s = self.scope
         assert call.connection is not None
         retry = s.policy_for(call.connection).retry
+        limited = outside.Limited(s.connections.throttle(call.connection), s.clock)
         attempt = 1
         while True:
             t0 = time.perf_counter()
             try:
                 connector.validate(tool_call)
-                got = outside.call(connector, tool_call)
+                got = outside.call(connector, tool_call, limited=limited)
             except TransientError as exc:
                 self._log_call(call, kind, dict(tool_call.params), False, None, t0, exc)
                 if attempt >= retry.max_attempts:

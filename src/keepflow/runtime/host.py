@@ -84,6 +84,10 @@ class Host:
             self._generation = (now, marker)
         return marker
 
+    def credentials_changed(self) -> None:
+        """This process just changed a stored credential: the next run reads it (no 1 s wait)."""
+        self._generation = (0.0, "")
+
     @property
     def pool(self) -> SandboxPool:
         """Sandbox workers start on first use: read-only commands never pay for them."""

@@ -111,10 +111,12 @@ def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
         can_reconcile=connector.can_reconcile(call),
     )
     # SPEC §6 step 2: in_flight is durable before the external call starts.
+    limits = limited(scope, declared.connection)
     mutation = scope.store.record_in_flight(run, scope.fence, draft, claim=claim)
     t0 = time.perf_counter()
     try:
-        got = outside.call(connector, call, _result_cap(scope, declared.connection))
+        got = outside.call(connector, call, _result_cap(scope, declared.connection),
+                           limited=limits)
     except UncertainOutcome as exc:
         faults.point("mutation.after_call")
         _log(scope, declared, call, t0, None, exc)
@@ -144,10 +146,11 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
     call = tool_call_of(scope, mutation, mutation.idempotency_key)
     if not connector.can_reconcile(call):
         return _indeterminate(scope, mutation, cause)
+    limits = limited(scope, mutation.connection)
     try:
         answer = outside.reconcile(connector, replace(
             call, timeout=scope.policy_for(mutation.connection).timeouts.reconcile_call_seconds),
-            _result_cap(scope, mutation.connection))
+            _result_cap(scope, mutation.connection), limited=limits)
     except Exception as exc:
         detail = exc.message if isinstance(exc, ConnectorError) else f"{type(exc).__name__}"
         answer_outcome, answer_result, answer_detail = ReconcileOutcome.RETRY, None, detail
@@ -182,6 +185,11 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
                                             error=cause.to_dict(),
                                             next_at=now + timedelta(seconds=delay))
     return MutationOutcome(Outcome.SUSPENDED, rec, cause)
+
+
+def limited(scope: RunScope, connection: str) -> outside.Limited:
+    """The host's limits on calls to ``connection`` (docs/connectors.md#call-limits)."""
+    return outside.Limited(scope.connections.throttle(connection), scope.clock)
 
 
 def _result_cap(scope: RunScope, connection: str) -> int:

@@ -22,8 +22,10 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any
 
+from keepflow.clock import Clock
 from keepflow.connectors.base import Connector, ReconcileResult, ToolCall
-from keepflow.errors import ConnectorError
+from keepflow.connectors.limits import Throttle
+from keepflow.errors import ConnectorError, TransientError
 from keepflow.storable import maybe_unstorable, replace_unstorable
 
 #: Nesting kept from the outside world, as deep as a script may send (prelude.js MAX_DEPTH):
@@ -67,11 +69,27 @@ class Received:
                 "(docs/security.md#text-the-host-can-store)")
 
 
-def call(connector: Connector, tool_call: ToolCall, max_bytes: int | None = None) -> Received:
+@dataclass(frozen=True)
+class Limited:
+    """The host's limits on a connection's calls (docs/connectors.md#call-limits), and the
+    clock a call waits on."""
+
+    throttle: Throttle
+    clock: Clock
+
+
+def call(connector: Connector, tool_call: ToolCall, max_bytes: int | None = None, *,
+         limited: Limited | None = None) -> Received:
     """``connector.call`` with its result and its typed errors made storable; a result over
-    ``max_bytes`` (a mutation's: it happened, so it is kept, as a marker) is cut."""
+    ``max_bytes`` (a mutation's: it happened, so it is kept, as a marker) is cut. With
+    ``limited``, the call waits for its turn first (a ``TransientError`` before anything is
+    sent when the wait would be too long)."""
     try:
-        result = connector.call(tool_call)
+        if limited is None:
+            result = connector.call(tool_call)
+        else:
+            with limited.throttle.slot(limited.clock, tool_call.timeout):
+                result = _backing_off(limited, connector.call, tool_call)
     except ConnectorError as exc:
         clean_error(exc)
         # Which connection failed: the inbox names it (an auth failure asks to reconnect it).
@@ -80,17 +98,30 @@ def call(connector: Connector, tool_call: ToolCall, max_bytes: int | None = None
     return _capped(received(result), max_bytes)
 
 
-def reconcile(connector: Connector, tool_call: ToolCall, max_bytes: int | None = None
-              ) -> ReconcileResult:
+def reconcile(connector: Connector, tool_call: ToolCall, max_bytes: int | None = None, *,
+              limited: Limited | None = None) -> ReconcileResult:
     """``connector.reconcile`` with its answer made storable (and capped like :func:`call`)."""
     try:
-        answer = connector.reconcile(tool_call)
+        if limited is None:
+            answer = connector.reconcile(tool_call)
+        else:
+            with limited.throttle.slot(limited.clock, tool_call.timeout):
+                answer = _backing_off(limited, connector.reconcile, tool_call)
     except ConnectorError as exc:
         clean_error(exc)
         raise
     detail, _ = replace_unstorable(str(answer.detail))
     return replace(answer, result=_capped(received(answer.result), max_bytes).value,
                    detail=detail)
+
+
+def _backing_off(limited: Limited, fn: Any, tool_call: ToolCall) -> Any:
+    """``fn(tool_call)``; a rate limit with a Retry-After holds every call of the connection."""
+    try:
+        return fn(tool_call)
+    except TransientError as exc:
+        limited.throttle.back_off(limited.clock, exc.retry_after)
+        raise
 
 
 def _capped(got: Received, max_bytes: int | None) -> Received:
