@@ -39,7 +39,9 @@ def start_server(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
     """``handler`` served on a free loopback port, in a daemon thread."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll: stopping a server (every test's teardown) takes one poll interval.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                     daemon=True).start()
     return server
 
 

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted((ROOT / "src" / "keepflow").rglob("*.py"))
-_DOC_REF = re.compile(r"docs/([a-z0-9_-]+\.md)(?:#([a-z0-9-]+))?")
+_DOC_REF = re.compile(r"docs/([a-z0-9_-]+\.md)(?:#([a-z0-9_-]+))?")
 
 
 def _strings(path: Path) -> list[tuple[int, str]]:
@@ -34,7 +34,7 @@ def _anchors(page: Path) -> set[str]:
     for line in page.read_text(encoding="utf-8").splitlines():
         if line.startswith("#"):
             title = line.lstrip("#").strip().lower()
-            out.add(re.sub(r"[^a-z0-9 -]", "", title).replace(" ", "-"))
+            out.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))  # GitHub keeps "_"
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -72,12 +73,21 @@ class ToolCall:
     timeout: float
     #: Set for mutations only: stable across retries of the same ledger attempt (SPEC §6).
     idempotency_key: str | None = None
+    #: Mutations and reconciles: when the host recorded this attempt ``in_flight`` (SPEC §6
+    #: step 2), on the host's clock. The mutation cannot have taken effect before it, so a
+    #: reconcile may look only at what the service created since (less a margin for clock
+    #: skew between the host and the service).
+    attempted_at: datetime | None = None
 
 
 class ReconcileOutcome(StrEnum):
     APPLIED = "applied"  # the mutation took effect; ``result`` is what it produced
     FAILED = "failed"  # it definitely did not take effect
     RETRY = "retry"  # cannot tell yet; ask again later
+    #: The connector looked, and no later look can tell (an SMTP server that took a message
+    #: and never answered: RFC 1047): only the person can. ``detail`` is the question to ask.
+    #: The runtime asks the person at once (SPEC §6 step 6); it is never read as FAILED.
+    INDETERMINATE = "indeterminate"
 
 
 @dataclass(frozen=True)

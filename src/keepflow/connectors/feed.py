@@ -63,6 +63,7 @@ from keepflow.connectors.http_egress import Resolver
 from keepflow.connectors.http_settings import check_settings
 from keepflow.connectors.registry import register_connector
 from keepflow.connectors.secret import Redactor, Secret
+from keepflow.connectors.setting_checks import reject_unknown
 from keepflow.errors import (
     ConfigError,
     PermanentError,
@@ -484,10 +485,7 @@ class FeedConnector(Connector):
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        unknown = sorted(set(settings) - SETTINGS)
-        if unknown:
-            raise ConfigError(f"unknown setting; feed takes {sorted(SETTINGS)}",
-                              key=unknown[0])
+        reject_unknown("feed", settings, SETTINGS)
         for key, low, high in (("max_bytes", MIN_MAX_BYTES, MAX_BODY_BYTES),
                                ("max_items", 1, MAX_MAX_ITEMS)):
             value = settings.get(key)

@@ -58,6 +58,7 @@ from keepflow.connectors.base import (
 )
 from keepflow.connectors.registry import register_connector
 from keepflow.connectors.secret import Secret, reveal
+from keepflow.connectors.setting_checks import reject_unknown
 from keepflow.errors import (
     ConfigError,
     ConnectorError,
@@ -208,10 +209,7 @@ class FilesConnector(Connector):
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        unknown = sorted(set(settings) - _SETTINGS)
-        if unknown:
-            raise ConfigError(f"unknown setting; files takes {sorted(_SETTINGS)}",
-                              key=unknown[0])
+        reject_unknown("files", settings, _SETTINGS)
         if not _SUPPORTED:
             raise ConfigError("the files connector needs a POSIX system (openat, O_NOFOLLOW)",
                               key="root")

@@ -17,6 +17,7 @@ import httpx
 
 from keepflow.connectors.http_egress import Origin, parse_origin
 from keepflow.connectors.secret import Redactor, Secret, reveal
+from keepflow.connectors.setting_checks import reject_unknown
 from keepflow.errors import ConfigError
 
 SETTINGS = frozenset({"base_url", "headers", "verify", "proxy", "allow"})
@@ -34,9 +35,7 @@ TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 def check_settings(settings: Mapping[str, Any]) -> None:
     """Validate ``base_url``, ``headers``, ``verify`` and ``proxy`` (raise ``ConfigError``)."""
-    unknown = sorted(set(settings) - SETTINGS)
-    if unknown:
-        raise ConfigError(f"unknown setting; http takes {sorted(SETTINGS)}", key=unknown[0])
+    reject_unknown("http", settings, SETTINGS)
     base = settings.get("base_url")
     if base is not None:
         if not isinstance(base, (str, Secret)):

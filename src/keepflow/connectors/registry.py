@@ -30,7 +30,10 @@ ENTRY_POINT_GROUP = "keepflow.connectors"
 
 #: Modules of the built-in connectors; each calls :func:`register_connector` when imported.
 BUILTIN_MODULES = ("keepflow.connectors.http", "keepflow.connectors.sql",
-                   "keepflow.connectors.files", "keepflow.connectors.feed")
+                   "keepflow.connectors.files", "keepflow.connectors.feed",
+                   "keepflow.connectors.email", "keepflow.connectors.slack",
+                   "keepflow.connectors.github", "keepflow.connectors.google_sheets",
+                   "keepflow.connectors.notion")
 
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 # Tool names become JS property names (``ctx.<conn>.<tool>``), so they must be identifiers.

@@ -90,7 +90,8 @@ def failure_of(mutation: MutationRecord) -> ConnectorError:
 
 def tool_call_of(scope: RunScope, m: MutationRecord | DeclaredMutation, key: str) -> ToolCall:
     return ToolCall(tool=m.tool, params=dict(m.params), idempotency_key=key,
-                    timeout=scope.policy_for(m.connection).timeouts.tool_call_seconds)
+                    timeout=scope.policy_for(m.connection).timeouts.tool_call_seconds,
+                    attempted_at=m.created_at if isinstance(m, MutationRecord) else None)
 
 
 def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
@@ -113,6 +114,7 @@ def perform(scope: RunScope, declared: DeclaredMutation, attempt: int,
     # SPEC §6 step 2: in_flight is durable before the external call starts.
     limits = limited(scope, declared.connection)
     mutation = scope.store.record_in_flight(run, scope.fence, draft, claim=claim)
+    call = replace(call, attempted_at=mutation.created_at)
     t0 = time.perf_counter()
     try:
         got = outside.call(connector, call, _result_cap(scope, declared.connection),
@@ -167,6 +169,11 @@ def reconcile_now(scope: RunScope, mutation: MutationRecord, connector: Connecto
             mutation.id, LedgerStatus.FAILED, error=error, reconcile_attempted=True,
             resolved_by="reconcile"))
         return MutationOutcome(Outcome.REMUTATE, rec, cause)
+    if answer_outcome is ReconcileOutcome.INDETERMINATE:
+        # The connector looked and says no later look can tell: ask the person now (§6 step 6)
+        # rather than spend the reconcile budget on answers that cannot change.
+        why = f"{cause.message}; {answer_detail or 'the connector cannot tell'}"
+        return _indeterminate(scope, mutation, cause, why=why, reconciled=True)
     # SPEC §6 step 5: ask again later with backoff, within the policy's limits.
     policy = scope.policy_for(mutation.connection).reconcile
     attempts = mutation.reconcile_attempts + 1

@@ -3,10 +3,11 @@ opens them; this module only keeps them). The ciphertext never leaves through a 
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from keepflow.store.schema import credentials
 from keepflow.store.workflows import ACTOR_MAX
@@ -47,6 +48,11 @@ def listing(conn: Connection, prefix: str = "") -> list[dict[str, Any]]:
 
 
 def marker(conn: Connection) -> str:
-    """Changes whenever a credential is set or removed (the connections reload on it)."""
-    row = conn.execute(select(func.count(), func.max(credentials.c.updated_at))).one()
-    return f"{row[0]}:{row[1].isoformat() if row[1] else ''}"
+    """Changes whenever a credential is set or removed (the connections reload on it): a
+    digest of every name and ciphertext — a Fernet token is new on every sealing, so even two
+    writes within one tick of the clock tell apart. Only the digest leaves this function."""
+    digest = hashlib.sha256()
+    for row in conn.execute(select(credentials.c.name, credentials.c.ciphertext)
+                            .order_by(credentials.c.name)):
+        digest.update(f"{row.name}\0{row.ciphertext}\0".encode())
+    return digest.hexdigest()

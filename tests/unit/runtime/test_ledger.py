@@ -190,6 +190,25 @@ def test_past_the_reconcile_budget_an_uncertain_outcome_becomes_indeterminate(
     assert "the connector can check again (Try again)" in (wf.status_reason or "")
 
 
+def test_a_connector_that_says_no_look_can_tell_asks_the_person_at_once(w: World) -> None:
+    """ReconcileOutcome.INDETERMINATE: escalated on the first answer, never read as FAILED,
+    whatever reconcile budget the policy still allows (SPEC §6 step 6)."""
+    assert w.policy.reconcile.max_attempts > 1
+    conn = Scripted(does=UncertainOutcome("timeout"), answers=[
+        answer(ReconcileOutcome.INDETERMINATE, detail="did the server keep it?")])
+    scope, out = w.perform(conn)
+    assert out.outcome is Outcome.SUSPENDED
+    assert len(conn.asked) == 1
+    [m] = ledger(w, scope.run.id)
+    assert (m.status, m.resolved_by, m.reconcile_attempts) == (
+        L.INDETERMINATE, "reconcile", 1)
+    wf = w.store.get_workflow(w.workflow_id)
+    assert wf.status is WorkflowStatus.NEEDS_ACTION
+    assert "timeout; did the server keep it?" in (wf.status_reason or "")
+    assert w.store.pending_reconciles(w.workflow_id) == []
+    assert reserved_by(w) == scope.run.id  # nothing released: it may have happened
+
+
 def test_an_in_flight_attempt_found_after_a_crash_is_reconciled_never_resent(w: World) -> None:
     """SPEC §5.5: the host stopped after in_flight was written; recovery asks, never sends."""
     conn = Scripted(answers=[answer(ReconcileOutcome.APPLIED, {"id": 3})])

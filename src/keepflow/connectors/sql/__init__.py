@@ -42,6 +42,7 @@ from keepflow.connectors.base import (
 )
 from keepflow.connectors.registry import register_connector
 from keepflow.connectors.secret import Redactor, Secret, reveal, secret_values
+from keepflow.connectors.setting_checks import reject_unknown
 from keepflow.connectors.sql.allow import AllowList, shown
 from keepflow.connectors.sql.allow_sqlite import guarded
 from keepflow.connectors.sql.db import CONNECT_TIMEOUT, Database, normalize_url
@@ -118,9 +119,7 @@ class SqlConnector(Connector):
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        unknown = sorted(set(settings) - _SETTINGS)
-        if unknown:
-            raise ConfigError(f"unknown setting; sql takes {sorted(_SETTINGS)}", key=unknown[0])
+        reject_unknown("sql", settings, _SETTINGS)
         raw = settings.get("url")
         key = "url_env" if isinstance(raw, Secret) else "url"
         if not isinstance(raw, (str, Secret)):

@@ -79,6 +79,11 @@ class StaticReport:
         }
 
 
+#: Params whose literal value is the call's scope in that dimension.
+_SCOPE_PARAMS = {"table": "table", "channel": "channel", "repo": "repository",
+                 "spreadsheet": "spreadsheet", "database": "database", "folder": "folder"}
+
+
 def analyze(source: str, tool_kinds: Mapping[str, Mapping[str, str]]) -> StaticReport:
     """Statically check a script. ``tool_kinds``: connection -> tool -> kind."""
     script = Script(source)
@@ -174,8 +179,11 @@ def _static_call(script: Script, handler: HandlerFn, call: CtxCall) -> StaticCal
     host = _literal_host(script.constant_string(url_node), script.template_prefix(url_node))
     if host:
         scope["host"] = host
-    if "table" in literals:
-        scope["table"] = literals["table"]
+    # A literal param that names a scope dimension (SPEC §9) narrows it: the param and the
+    # dimension share a name, except github's ``repo`` (dimension ``repository``).
+    for param, dimension in _SCOPE_PARAMS.items():
+        if param in literals:
+            scope[dimension] = literals[param]
     return StaticCall(
         handler=handler.handler,
         phase=handler.phase,
