@@ -38,7 +38,6 @@ harmless).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -83,7 +82,11 @@ from keepflow.connectors.http_transport import deadline_in
 from keepflow.connectors.limits import CallLimits
 from keepflow.connectors.registry import register_connector
 from keepflow.connectors.secret import Redactor, Secret
-from keepflow.connectors.setting_checks import bearer_token, reject_unknown
+from keepflow.connectors.setting_checks import (
+    bearer_token,
+    reject_unknown,
+    service_base_url,
+)
 from keepflow.errors import (
     ConfigError,
     PermanentError,
@@ -110,7 +113,6 @@ SEARCH_RESULTS: Final = 20
 #: check() waits this long at most.
 CHECK_TIMEOUT: Final = 30.0
 
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _attempted(call: ToolCall) -> datetime | None:
@@ -212,19 +214,9 @@ class GitHubConnector(Connector):
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
         reject_unknown("github", settings, SETTINGS)
         bearer_token("github", settings, what="a GitHub token")
-        base = settings.get("base_url", DEFAULT_BASE_URL)
-        if not isinstance(base, str):
-            raise ConfigError("must be a string: the API's URL, https://api.github.com or "
-                              "https://HOST/api/v3", key="base_url")
-        try:
-            url = httpx.URL(base)
-        except (httpx.InvalidURL, ValueError, TypeError):
-            url = None
-        if url is None or url.scheme not in ("http", "https") or not url.host \
-                or url.userinfo or url.query or url.fragment or _CONTROL.search(base):
-            raise ConfigError("must be an http(s) URL without credentials, query or fragment "
-                              "(https://api.github.com, or https://HOST/api/v3 for GitHub "
-                              "Enterprise Server)", key="base_url")
+        service_base_url("github", settings.get("base_url", DEFAULT_BASE_URL),
+                         example=f"{DEFAULT_BASE_URL} (or https://HOST/api/v3 for GitHub "
+                                 "Enterprise Server)")
         repositories = settings.get("repositories")
         if repositories is None:
             return

@@ -40,8 +40,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final
 
-import httpx
-
 from keepflow.connectors.base import (
     ConnectionConfig,
     Connector,
@@ -84,7 +82,11 @@ from keepflow.connectors.http_transport import deadline_in
 from keepflow.connectors.limits import CallLimits
 from keepflow.connectors.registry import register_connector
 from keepflow.connectors.secret import Redactor, Secret
-from keepflow.connectors.setting_checks import bearer_token, reject_unknown
+from keepflow.connectors.setting_checks import (
+    bearer_token,
+    reject_unknown,
+    service_base_url,
+)
 from keepflow.errors import (
     ConfigError,
     ConnectorError,
@@ -185,21 +187,8 @@ class GoogleSheetsConnector(Connector):
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
         reject_unknown("google_sheets", settings, SETTINGS)
         bearer_token("google_sheets", settings, what="an OAuth access token")
-        base = settings.get("base_url", DEFAULT_BASE_URL)
-        if not isinstance(base, str):
-            raise ConfigError("must be a string (an http(s) URL)", key="base_url")
-        try:
-            url = httpx.URL(base)
-            host = url.host
-        except (httpx.InvalidURL, UnicodeError, ValueError):
-            raise ConfigError("is not a valid URL", key="base_url") from None
-        if url.scheme not in ("http", "https") or not host or url.query or url.fragment or \
-                url.userinfo:
-            raise ConfigError("must be an http(s) URL without credentials, query or fragment",
-                              key="base_url")
-        if url.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1"):
-            raise ConfigError("must be https (the access token would travel in clear); "
-                              "plain http is for a local test server only", key="base_url")
+        service_base_url("google_sheets", settings.get("base_url", DEFAULT_BASE_URL),
+                         example=DEFAULT_BASE_URL)
         listed = settings.get("spreadsheets")
         if listed is not None and (
                 not isinstance(listed, list) or not listed or len(listed) > 1000 or

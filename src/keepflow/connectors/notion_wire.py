@@ -39,9 +39,9 @@ from notion_client.errors import (
 
 from keepflow.connectors.http_classify import parse_retry_after, transport_error
 from keepflow.connectors.secret import Redactor
+from keepflow.connectors.setting_checks import service_base_url
 from keepflow.errors import (
     AuthError,
-    ConfigError,
     ConnectorError,
     PermanentError,
     PermissionDenied,
@@ -54,7 +54,6 @@ log = logging.getLogger("keepflow.connectors.notion")
 
 DOC: Final = "docs/connectors.md#notion"
 DEFAULT_BASE_URL: Final = "https://api.notion.com"
-_LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 #: Characters of Notion's own error message quoted in ours.
 MESSAGE_CHARS: Final = 300
 #: Characters of an error body the connector parses itself (notion_client read it whole).
@@ -257,27 +256,7 @@ def _message(text: str, redact: Redactor) -> str:
 
 def check_base_url(value: Any) -> None:
     """``https``, or ``http`` for a local server; no credentials, query or fragment."""
-    if not isinstance(value, str) or not value or len(value) > 2048:
-        raise ConfigError(f"must be the URL of Notion's API, {DEFAULT_BASE_URL} ({DOC})",
-                          key="base_url")
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        raise ConfigError(f"is not a valid URL ({DOC})", key="base_url") from None
-    if parts.scheme not in ("http", "https") or not host or \
-            any(c.isspace() or not c.isprintable() for c in value):
-        raise ConfigError(f"must be an http(s) URL such as {DEFAULT_BASE_URL} ({DOC})",
-                          key="base_url")
-    if parts.username is not None or parts.password is not None or parts.query or \
-            parts.fragment:
-        raise ConfigError(f"must be a plain URL: no user, password, query or fragment ({DOC})",
-                          key="base_url")
-    if parts.scheme == "http" and host not in _LOOPBACK:
-        raise ConfigError("plain http is only for a local server (localhost, 127.0.0.1, ::1): "
-                          f"the token would travel unencrypted; use https ({DOC})",
-                          key="base_url")
+    service_base_url("notion", value, example=DEFAULT_BASE_URL)
 
 
 def proxy_for(base_url: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Set
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from keepflow.connectors.secret import Secret
 from keepflow.errors import ConfigError
@@ -46,4 +47,37 @@ def bearer_token(type_name: str, settings: Mapping[str, Any], *, what: str,
         raise ConfigError(f"is not {what}: it must be 1 to {max_chars} printable ASCII "
                           f"characters without spaces (see {doc})", key=key,
                           secret_setting=True)
+    return value
+
+
+#: Hosts a plain-http ``base_url`` may name: a local (test) server, never the network.
+LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def service_base_url(type_name: str, value: Any, *, example: str) -> str:
+    """A SaaS connector's ``base_url``: ``https``, or plain ``http`` for a server on this
+    machine only (the token would otherwise travel in clear); no credentials, query or
+    fragment. ``example`` is the service's own URL, quoted in the message."""
+    doc = f"docs/connectors.md#{type_name}"
+    if not isinstance(value, str) or not value or len(value) > 2048:
+        raise ConfigError(f"must be the URL of the service's API, such as {example} "
+                          f"(see {doc})", key="base_url")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"is not a valid URL (see {doc})", key="base_url") from None
+    if parts.scheme not in ("http", "https") or not host or \
+            any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(f"must be an http(s) URL such as {example} (see {doc})",
+                          key="base_url")
+    if parts.username is not None or parts.password is not None or parts.query or \
+            parts.fragment:
+        raise ConfigError(f"must be a plain URL: no user, password, query or fragment "
+                          f"(see {doc})", key="base_url")
+    if parts.scheme == "http" and host not in LOOPBACK:
+        raise ConfigError("plain http is only for a local server (localhost, 127.0.0.1, ::1): "
+                          f"the token would travel unencrypted; use https (see {doc})",
+                          key="base_url")
     return value

@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
-from urllib.parse import urlsplit
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web import SlackResponse
@@ -49,7 +48,11 @@ from keepflow.connectors.base import (
 from keepflow.connectors.feed import clean_link
 from keepflow.connectors.registry import register_connector
 from keepflow.connectors.secret import Redactor, Secret
-from keepflow.connectors.setting_checks import bearer_token, reject_unknown
+from keepflow.connectors.setting_checks import (
+    bearer_token,
+    reject_unknown,
+    service_base_url,
+)
 from keepflow.connectors.slack_wire import (
     DOC,
     BoundedWebClient,
@@ -114,7 +117,6 @@ _BAD_INPUT: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 #: surrogates, U+FFFE/U+FFFF, and the bidirectional embeddings, overrides and isolates.
 _CONTROL: Final = re.compile(
     "[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff\u202a-\u202e\u2066-\u2069]")
-_LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
 _HISTORY_RESULT: Final = ("{messages: [{ts, user, text, thread_ts?, reply_count?, "
                           "truncated?}], next_cursor}")
@@ -545,28 +547,8 @@ class SlackConnector(Connector):
 
 def _base_url(value: Any) -> str:
     """The API's base URL, ending in ``/``; a ``ConfigError`` for anything else."""
-    if not isinstance(value, str) or not value or len(value) > 2048:
-        raise ConfigError(f"must be the URL of Slack's Web API, {DEFAULT_BASE_URL} ({DOC})",
-                          key="base_url")
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        raise ConfigError(f"is not a valid URL ({DOC})", key="base_url") from None
-    if parts.scheme not in ("http", "https") or not host or _CONTROL.search(value) \
-            or any(c.isspace() for c in value):
-        raise ConfigError(f"must be an http(s) URL such as {DEFAULT_BASE_URL} ({DOC})",
-                          key="base_url")
-    if parts.username is not None or parts.password is not None or parts.query or \
-            parts.fragment:
-        raise ConfigError(f"must be a plain URL: no user, password, query or fragment ({DOC})",
-                          key="base_url")
-    if parts.scheme == "http" and host not in _LOOPBACK:
-        raise ConfigError("plain http is only for a local server (localhost, 127.0.0.1, ::1): "
-                          f"the token would travel unencrypted; use https ({DOC})",
-                          key="base_url")
-    return value if value.endswith("/") else value + "/"
+    url = service_base_url("slack", value, example=DEFAULT_BASE_URL)
+    return url if url.endswith("/") else url + "/"
 
 
 def _carries(m: Any, key: str, mine: set[str]) -> str | None:
